@@ -1,0 +1,83 @@
+"""The loss hook: which response tokens the grad pass trains on.
+
+The trainer calls ``hooks.select_tokens(stats)`` through the module attribute, looked up at
+call time, so replacing the attribute (a monkey-patch, e.g. ``tip_patches.apply``) changes the
+selection without touching the trainer. The hook sees per-token statistics (never logits) and
+returns a :class:`TokenSelection`.
+
+The default keeps every token with weight 1; the step is then plain token-mean OPD (Eq. 1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+
+@dataclass
+class TokenStats:
+    """Per-token statistics of one micro-batch, flattened over response tokens.
+
+    All tensors have shape ``(N,)``, N = number of response tokens (after the loss mask) of this
+    rank's micro-batch, and carry no gradient.
+
+    - ``entropy``: student entropy h_t (TIP Eq. 2)
+    - ``reverse_kl``: KL(pi_S || pi_T), the OPD loss and TIP's divergence axis (Eq. 1, 3)
+    - ``forward_kl``: KL(pi_T || pi_S), used by the Q3 score (TIP §7.3)
+    - ``teacher_entropy``: H(pi_T), diagnostics and adaptive KL (TIP App. B.1)
+    - ``sample_index``: which sequence of the micro-batch each token belongs to (int64)
+    - ``position``: position of the token inside its response (int64)
+    - ``teacher_topk_kl``: optional KL(q~_T || pi_S) over the teacher's renormalized top-k
+      (adaptive-KL variant); ``None`` unless the loss config asks for it
+    - ``process_group``: the data-parallel group, for selectors that reduce statistics across
+      ranks (``None`` = the default group when torch.distributed is initialized)
+    """
+
+    entropy: torch.Tensor
+    reverse_kl: torch.Tensor
+    forward_kl: torch.Tensor
+    teacher_entropy: torch.Tensor
+    sample_index: Optional[torch.Tensor] = None
+    position: Optional[torch.Tensor] = None
+    teacher_topk_kl: Optional[torch.Tensor] = None
+    process_group: Optional[object] = None
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.entropy.numel())
+
+
+@dataclass
+class TokenSelection:
+    """What the hook returns.
+
+    - ``indices``: sorted int64 indices into the N tokens of :class:`TokenStats`, shape ``(K,)``
+    - ``weights``: optional per-token loss weights for the kept tokens, shape ``(K,)``
+      (importance-weighted sampling); ``None`` = weight 1
+    - ``extra_loss_weight``: optional ``(K,)`` weights of an additional per-token loss term
+      (the adaptive-KL term); ``None`` = no extra term
+    - ``diagnostics``: small dict of floats logged with the step (quadrant fractions, thresholds)
+    """
+
+    indices: torch.Tensor
+    weights: Optional[torch.Tensor] = None
+    extra_loss_weight: Optional[torch.Tensor] = None
+    diagnostics: dict = field(default_factory=dict)
+
+
+def select_all(stats: TokenStats) -> TokenSelection:
+    """Default hook: every response token, weight 1 (plain OPD)."""
+    n = stats.num_tokens
+    return TokenSelection(indices=torch.arange(n, device=stats.entropy.device))
+
+
+select_all.selector_name = "all"  # type: ignore[attr-defined]
+
+# The live hook. Always call it as ``hooks.select_tokens(stats)`` so a patch takes effect.
+select_tokens: Callable[[TokenStats], TokenSelection] = select_all
+
+
+def active_selector_name() -> str:
+    """Name of the installed selector, logged with every run."""
+    return getattr(select_tokens, "selector_name", getattr(select_tokens, "__name__", "custom"))

@@ -1,0 +1,54 @@
+"""``python -m opsd.train --config X.yaml [section.key=value ...]``: one OPD run.
+
+Works as a single process and under ``torchrun`` / ``deepspeed`` (see ``opsd.launch``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from opsd.config import ConfigError, describe, load_config
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m opsd.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML config (only what differs from the defaults)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--list-options", action="store_true", help="print every option with its help and exit")
+    p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # set by `deepspeed`
+    p.add_argument("overrides", nargs="*", help="section.key=value")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.list_options:
+        print(describe())
+        return 0
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return 0
+    from opsd.trainer import Trainer
+
+    trainer = Trainer(cfg)
+    try:
+        summary = trainer.setup().train()
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        trainer.cleanup()
+    if summary and trainer.rank == 0:
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,355 @@
+"""The OPD training loop: ``setup()`` -> ``train()`` -> ``cleanup()``.
+
+One optimizer step (DESIGN.md, "The data path of one training step"):
+
+1. ``rollout``: this rank's prompts -> student samples (HF generate or vLLM)
+2. ``reward``: optional verifiable reward per sample (accuracy; reward-weighted distillation)
+3. ``teacher_phase``: frozen teacher scores every micro-batch (then may be offloaded)
+4. ``update``: per micro-batch, :class:`opsd.distill.DistillModule` does the student forward,
+   the statistics pass, the loss hook and the grad pass; backward; one optimizer step
+5. weight sync to the rollout engine, metrics, checkpoint
+
+Loss aggregation. The loss is the token-mean over the **global** batch (all ranks and
+micro-batches), not a mean of per-rank means: ranks hold different numbers of response tokens.
+Each micro-batch contributes ``(N_mb / N) * sum_{t in S_mb} w_t d_t / |S_mb|`` with counts summed
+over ranks (N: response tokens of the step, N_mb: of this micro-batch index, S_mb: tokens the hook
+kept); with the default hook (all tokens, w = 1) this is exactly ``sum_t d_t / N`` (TIP Eq. 1).
+DeepSpeed averages gradients over ranks and we call ``backward(scale_wrt_gas=False)``, so the
+local loss is multiplied by the world size to turn that average into the sum.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+import torch.distributed as dist
+
+from opsd import checkpoint, hooks
+from opsd.config import Config, ConfigError
+from opsd.engine import build_engine, init_distributed, pick_device, rank, world_size
+from opsd.metrics import MetricsLogger, format_line, peak_memory_gb, reset_peak_memory
+from opsd.rollout import SamplingConfig, make_backend
+
+log = logging.getLogger("opsd")
+
+
+def _seed(*parts) -> int:
+    return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16)
+
+
+def _all_reduce(t: torch.Tensor, op=None) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
+    return t
+
+
+def load_reward_fn(spec: Optional[str]):
+    """``"module:function"`` -> callable(response_text, answer) -> float."""
+    if not spec:
+        return None
+    import importlib
+
+    mod, _, fn = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(mod), fn)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"loss.reward_fn={spec!r} cannot be imported ({e}); expected 'module:function'") from None
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.step = 0
+        self.plugin_handles = []
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self) -> "Trainer":
+        from opsd import data, models
+        from opsd.distill import DistillModule
+        from opsd.teacher import Teacher
+
+        cfg = self.cfg
+        self.device = pick_device(cfg.engine.device)
+        init_distributed(self.device)
+        self.rank, self.world = rank(), world_size()
+        self._check_batch_shape()
+        self.out_dir = Path(cfg.train.output_dir)
+        self._activate_plugins()
+
+        tok_path = cfg.model.tokenizer or cfg.model.student
+        self.tokenizer = models.load_tokenizer(tok_path, cfg.model.trust_remote_code)
+        models.check_same_tokenizer(self.tokenizer, cfg.model.teacher, cfg.model.trust_remote_code)
+        self.train_data = self._prompts(cfg.data.train_files)
+        self.sampler = data.PromptSampler(len(self.train_data), cfg.train.prompts_per_step, self.rank, self.world,
+                                          seed=cfg.train.seed, shuffle=cfg.data.shuffle)
+        self.eval_data = self._prompts(cfg.train.eval_files) if cfg.train.eval_files else None
+        self.reward_fn = load_reward_fn(cfg.loss.reward_fn)
+
+        student = models.load_causal_lm(cfg.model.student, cfg.model.dtype, cfg.model.attn_implementation,
+                                        cfg.model.trust_remote_code)
+        if cfg.model.gradient_checkpointing:
+            student.gradient_checkpointing_enable()
+        teacher_model = models.load_causal_lm(cfg.model.teacher, cfg.model.dtype, cfg.model.attn_implementation,
+                                              cfg.model.trust_remote_code)
+        self.vocab_size = models_vocab(student, teacher_model, self.tokenizer)
+        self.teacher = Teacher(teacher_model, self.device, cfg.engine.teacher_placement, cfg.loss.teacher_topk,
+                               cfg.loss.chunk_size)
+        module = DistillModule(student.to(self.device), self.vocab_size, cfg.loss.type, cfg.loss.jsd_beta,
+                               cfg.loss.chunk_size, cfg.loss.recompute_chunks, cfg.engine.zero_stage)
+        self.engine, self.optimizer, self.scheduler = build_engine(module, cfg, self.grad_accum)
+        self.student = self.engine.module.model
+        self.backend = make_backend(cfg.rollout, self.student, self.tokenizer, cfg.model.student)
+        self.sampling = SamplingConfig(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k,
+                                       cfg.rollout.max_new_tokens, cfg.rollout.n)
+
+        resume_from = checkpoint.find_resume(str(self.out_dir), cfg.train.resume)
+        self.logger = MetricsLogger(str(self.out_dir), cfg.to_dict(), enabled=self.rank == 0,
+                                    use_wandb=cfg.logging.wandb, project=cfg.logging.wandb_project,
+                                    run_name=cfg.logging.run_name or self.out_dir.name,
+                                    resume=resume_from is not None)
+        if self.rank == 0:
+            cfg.save(self.out_dir / "config.yaml")
+        if resume_from is not None:
+            self._resume(resume_from)
+        log.info("selector: %s | world size %d | %d micro-batches/step | ZeRO-%d | device %s",
+                 hooks.active_selector_name(), self.world, self.grad_accum, cfg.engine.zero_stage, self.device)
+        return self
+
+    def _prompts(self, files):
+        from opsd.data import PromptDataset
+
+        d = self.cfg.data
+        return PromptDataset.from_files(files, self.tokenizer, d.max_prompt_length, prompt_field=d.prompt_field,
+                                        answer_field=d.answer_field, messages_field=d.messages_field,
+                                        system_prompt=d.system_prompt, prompt_template=d.prompt_template,
+                                        enable_thinking=d.enable_thinking)
+
+    def _check_batch_shape(self) -> None:
+        t, r, e = self.cfg.train, self.cfg.rollout, self.cfg.engine
+        if t.prompts_per_step % self.world:
+            raise ConfigError(f"train.prompts_per_step={t.prompts_per_step} must be divisible by the world "
+                              f"size {self.world}")
+        if r.backend == "vllm" and self.world % r.tensor_parallel_size:
+            raise ConfigError(f"rollout.tensor_parallel_size={r.tensor_parallel_size} does not divide the "
+                              f"world size {self.world}")
+        self.seqs_per_rank = t.prompts_per_step // self.world * r.n
+        self.grad_accum = math.ceil(self.seqs_per_rank / e.micro_batch_size)
+
+    def _activate_plugins(self) -> None:
+        from opsd.plugins import registry
+
+        for name, section in self.cfg.plugins.items():
+            self.plugin_handles.append(registry().sections[name].activate(section, self.cfg))
+
+    def _resume(self, path: Path) -> None:
+        state = checkpoint.load(path, self.engine)
+        self.step = state["step"]
+        self.sampler.load_state_dict(state["sampler"])
+        extra = path / "extra_state.pt"
+        if extra.is_file() and hasattr(hooks.select_tokens, "load_state_dict"):
+            hooks.select_tokens.load_state_dict(torch.load(extra, weights_only=False)["hook"])
+        self.logger.truncate_after(self.step)
+        log.info("resumed from %s at step %d", path, self.step)
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> dict:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        summary = {}
+        if self.eval_data is not None and self.step == 0:
+            summary["accuracy_before"] = self.evaluate()
+            self.logger.log({"step": 0, "eval/accuracy": summary["accuracy_before"]})
+        bar = tqdm(total=cfg.train.max_steps, initial=self.step, disable=not (cfg.logging.progress and self.rank == 0),
+                   desc="opd", dynamic_ncols=True)
+        while self.step < cfg.train.max_steps:
+            metrics = self.train_step()
+            self.step += 1
+            metrics["step"] = self.step
+            if self.eval_data is not None and cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
+                metrics["eval/accuracy"] = self.evaluate()
+            self.logger.log(metrics)
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=metrics.get("accuracy", float("nan")))
+            if self.rank == 0 and cfg.logging.log_every and self.step % cfg.logging.log_every == 0:
+                bar.write(format_line(metrics))
+            if (cfg.train.save_every and self.step % cfg.train.save_every == 0) or self.step == cfg.train.max_steps:
+                self.save()
+        bar.close()
+        if self.eval_data is not None:
+            summary["accuracy_after"] = self.evaluate()
+            self.logger.log({"step": self.step, "eval/accuracy": summary["accuracy_after"]})
+        if cfg.train.export:
+            checkpoint.export_hf(self.student, self.tokenizer, str(self.out_dir / "export"), cfg.engine.zero_stage)
+        return summary
+
+    def train_step(self) -> dict:
+        t0 = time.time()
+        reset_peak_memory(self.device)
+        items = self.train_data.batch(self.sampler.next_batch())
+        rollouts, gen_s = self.rollout(items)
+        answers = [items[i].get("answer") for i in rollouts.prompt_index]
+        rewards = self.reward(rollouts, answers)
+        metrics = self.update(rollouts, rewards)
+        metrics.update(gen_time_s=gen_s, step_time_s=time.time() - t0, peak_mem_gb=peak_memory_gb(self.device),
+                       lr=self.scheduler.get_last_lr()[0],
+                       response_len=rollouts.num_response_tokens / max(1, len(rollouts)))
+        if rewards is not None:
+            acc = _all_reduce(torch.tensor([sum(rewards), len(rewards)], dtype=torch.float64))
+            metrics["accuracy"] = (acc[0] / acc[1].clamp_min(1)).item()
+        return metrics
+
+    def rollout(self, items: List[dict]):
+        """Samples of the current policy for this rank's prompts (seeded per step and rank)."""
+        t = time.time()
+        torch.manual_seed(_seed(self.cfg.train.seed, self.step, self.rank))
+        self.sampling.seed = _seed(self.cfg.train.seed, self.step, self.rank)
+        rollouts = self.backend.generate([it["prompt_ids"] for it in items], self.sampling)
+        return rollouts, time.time() - t
+
+    def reward(self, rollouts, answers) -> Optional[List[float]]:
+        if self.reward_fn is None:
+            return None
+        texts = self.tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
+        return [float(self.reward_fn(t, a)) if a is not None else 0.0 for t, a in zip(texts, answers)]
+
+    def update(self, rollouts, rewards) -> dict:
+        from opsd.data import build_sequences
+
+        seq = build_sequences(rollouts.prompt_ids, rollouts.response_ids, self.tokenizer.pad_token_id,
+                              self.tokenizer.eos_token_id)
+        seq["loss_mask"] = seq["loss_mask"].long()
+        mb = self.cfg.engine.micro_batch_size
+        slices = [slice(s, s + mb) for s in range(0, len(rollouts), mb)]
+        counts = torch.tensor([float(seq["loss_mask"][s].sum()) for s in slices], dtype=torch.float64)
+        counts = _all_reduce(counts)  # (n_micro,) response tokens per micro-batch index, all ranks
+        n_step = float(counts.sum())
+        metrics = {"empty_responses": seq["num_empty_responses"]}
+        if seq["num_empty_responses"]:  # documented skip: such samples contribute no loss position
+            log.info("step %d: %d empty responses have no loss tokens", self.step + 1, seq["num_empty_responses"])
+        if n_step == 0:  # documented skip: nothing to learn from, no optimizer step
+            log.warning("step %d: every response token is masked (empty responses); step skipped", self.step + 1)
+            return {**metrics, "loss": 0.0, "skipped": 1}
+        token_w = self.reward_token_weights(seq["loss_mask"], rewards, n_step)
+
+        sources = self.teacher_phase(seq, slices)
+        totals, diag = torch.zeros(5, dtype=torch.float64), {}
+        skipped_before = self.engine.skipped_steps
+        for i, (s, src) in enumerate(zip(slices, sources)):
+            n_rows = int(seq["loss_mask"][:s.start].sum())
+            tw = None if token_w is None else token_w[n_rows:n_rows + int(seq["loss_mask"][s].sum())]
+            loss_sum, stats, sel, kept = self.engine(seq["input_ids"][s].to(self.device),
+                                                     seq["attention_mask"][s].to(self.device),
+                                                     seq["loss_mask"][s].to(self.device), src, tw)
+            scale = float(counts[i]) / (n_step * max(kept, 1))
+            self.engine.backward(loss_sum * scale * self.world, scale_wrt_gas=False)
+            self.engine.step()
+            totals += torch.tensor([loss_sum.item() * scale, stats.reverse_kl.sum().item(),
+                                    stats.entropy.sum().item(), stats.teacher_entropy.sum().item(), len(sel.indices)],
+                                   dtype=torch.float64)
+            for k, v in sel.diagnostics.items():
+                diag[k] = diag.get(k, 0.0) + float(v) / len(slices)
+        self.teacher.load()  # back on the device for the next step's scoring phase (no-op if resident)
+        totals = _all_reduce(totals)
+        self.backend.sync_weights(self.named_student_weights())
+        grad_norm = self.engine.get_global_grad_norm()
+        metrics.update(loss=totals[0].item(), reverse_kl=totals[1].item() / n_step, entropy=totals[2].item() / n_step,
+                       teacher_entropy=totals[3].item() / n_step, kept_frac=totals[4].item() / n_step,
+                       tokens=n_step, grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+                       skipped=int(self.engine.skipped_steps > skipped_before), **diag)
+        if metrics["skipped"]:
+            log.warning("step %d: non-finite gradient norm; optimizer step skipped", self.step + 1)
+        return metrics
+
+    def teacher_phase(self, seq: dict, slices) -> list:
+        """Teacher scores every micro-batch first (two-phase); the teacher may then be offloaded."""
+        self.teacher.load()
+        sources = [self.teacher.score(seq["input_ids"][s], seq["attention_mask"][s], seq["loss_mask"][s],
+                                      self.vocab_size) for s in slices]
+        self.teacher.offload()
+        return sources
+
+    def reward_token_weights(self, loss_mask: torch.Tensor, rewards, n_step: float) -> Optional[torch.Tensor]:
+        """Reward-weighted distillation: per-sample ``w_i = B softmax(r / beta)_i`` over the global
+        batch, sample loss = its token mean, batch loss = sum_i w_i L_i / sum_i w_i. Expressed as
+        per-token weights ``w_i * N / (T_i * B)`` so the token-mean machinery computes it exactly."""
+        beta = self.cfg.loss.reward_beta
+        if beta is None or rewards is None:
+            return None
+        local = torch.tensor(rewards, dtype=torch.float64)
+        all_r = _gather_varlen(local)
+        w_all = len(all_r) * torch.softmax(all_r / beta, dim=0)
+        offset = _rank_offset(len(local))
+        w = w_all[offset:offset + len(local)]
+        t_i = loss_mask.sum(dim=1).double().clamp_min(1)  # (B,) tokens per sample
+        per_sample = w * n_step / (t_i * len(all_r))
+        return per_sample.repeat_interleave(loss_mask.sum(dim=1)).float()
+
+    def named_student_weights(self):
+        from opsd.checkpoint import _iter_full_params
+
+        return _iter_full_params(self.student, self.cfg.engine.zero_stage)
+
+    # ------------------------------------------------------------------ eval, save, cleanup
+
+    def evaluate(self, model_backend=None) -> float:
+        """Accuracy (mean reward) on the held-out prompts, greedy, over all ranks."""
+        from opsd.evaluate import accuracy
+
+        if self.reward_fn is None:
+            raise ConfigError("train.eval_files needs loss.reward_fn to score answers")
+        return accuracy(model_backend or self.backend, self.tokenizer, self.eval_data, self.reward_fn,
+                        max_new_tokens=self.cfg.rollout.max_new_tokens, limit=self.cfg.train.eval_limit,
+                        rank=self.rank, world=self.world, progress=self.cfg.logging.progress and self.rank == 0)
+
+    def save(self) -> None:
+        state = {"step": self.step, "sampler": self.sampler.state_dict()}
+        path = checkpoint.save(str(self.out_dir), self.step, self.engine, state, self.cfg.train.keep_checkpoints)
+        if self.rank == 0 and hasattr(hooks.select_tokens, "state_dict"):
+            tmp = path / ".extra_state.pt.tmp"
+            torch.save({"hook": hooks.select_tokens.state_dict()}, tmp)
+            tmp.replace(path / "extra_state.pt")
+
+    def cleanup(self) -> None:
+        for handle in reversed(self.plugin_handles):
+            handle.remove()
+        self.plugin_handles.clear()
+        self.backend.close()
+        if hasattr(self, "logger"):
+            self.logger.close()
+
+
+def models_vocab(student, teacher, tokenizer) -> int:
+    from opsd.losses import align_vocab
+
+    s_w = student.get_output_embeddings().weight.shape[0]
+    t_w = teacher.get_output_embeddings().weight.shape[0]
+    return align_vocab(s_w, t_w, len(tokenizer))
+
+
+def _gather_varlen(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate a 1-D tensor of possibly different lengths from every rank, in rank order."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return x
+    n = torch.tensor([len(x)])
+    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    m = int(max(s.item() for s in sizes))
+    buf = [torch.zeros(m, dtype=x.dtype) for _ in sizes]
+    dist.all_gather(buf, torch.cat([x, x.new_zeros(m - len(x))]))
+    return torch.cat([b[: int(s.item())] for b, s in zip(buf, sizes)])
+
+
+def _rank_offset(n_local: int) -> int:
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return 0
+    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([n_local]))
+    return int(sum(s.item() for s in sizes[: dist.get_rank()]))
