@@ -42,9 +42,9 @@ class DistillModule(nn.Module):
         if getattr(head, "bias", None) is not None:
             raise NotImplementedError("an LM head with a bias is not supported by the chunked losses")
         if zero_stage == 3:
-            from deepspeed.zero import register_external_parameter
+            import deepspeed
 
-            register_external_parameter(self, head.weight)
+            deepspeed.zero.register_external_parameter(self, head.weight)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor,
                 teacher, token_weights: Optional[torch.Tensor] = None):

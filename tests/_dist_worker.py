@@ -1,0 +1,45 @@
+"""Runs a few OPD steps (ZeRO-3) with fixed rollouts and writes losses and final weights.
+
+Usage: python tests/_dist_worker.py STUDENT TEACHER TRAIN_FILE OUT_DIR [extra overrides]
+(under torchrun for world size 2). Used by tests/test_distributed.py.
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+import conftest  # noqa: F401  (offline env)
+import torch
+
+from _fakes import FixedRollouts
+from opsd.config import load_config
+from opsd.trainer import Trainer
+
+
+def main():
+    student, teacher, train, out = sys.argv[1:5]
+    cfg = load_config(None, [f"model.student={student}", f"model.teacher={teacher}", f"data.train_files={train}",
+                             f"train.output_dir={out}", "train.max_steps=3", "train.prompts_per_step=4",
+                             "rollout.n=2", "engine.micro_batch_size=2", "engine.zero_stage=3", "optim.lr=0.01",
+                             "train.export=false", "train.save_every=0", "data.shuffle=false",
+                             "logging.progress=false"] + sys.argv[5:])
+    cfg.train.max_steps = 3
+    tr = Trainer(cfg).setup()
+    vocab = [i for i in range(10, 60)]
+    tr.backend = FixedRollouts(vocab, tr.tokenizer.eos_token_id)
+    tr.save = lambda: None  # this test compares the updates, not checkpoints
+    losses = []
+    while tr.step < cfg.train.max_steps:
+        m = tr.train_step()
+        tr.step += 1
+        losses.append(m["loss"])
+    state = {n: t.detach().clone() for n, t in tr.named_student_weights()}
+    if tr.rank == 0:
+        torch.save(state, os.path.join(out, "weights.pt"))
+        with open(os.path.join(out, "losses.json"), "w") as f:
+            json.dump(losses, f)
+    tr.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""World size 2 (ZeRO-3, gloo) gives the same losses and weights as world size 1 on the same
+global batch: the loss is the token-mean over the global batch, not a mean of rank means."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+
+
+def _run(args, nproc, out):
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    if nproc == 1:
+        cmd = [sys.executable, str(HERE / "_dist_worker.py")]
+    else:
+        import socket
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
+               str(HERE / "_dist_worker.py")]
+    r = subprocess.run(cmd + args + [str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return json.loads((out / "losses.json").read_text()), torch.load(out / "weights.pt")
+
+
+@pytest.mark.slow
+def test_zero3_world_size_2_matches_world_size_1(tiny_world, tmp_path):
+    args = [tiny_world["student"], tiny_world["teacher"], tiny_world["train"]]
+    (tmp_path / "w1").mkdir(), (tmp_path / "w2").mkdir()
+    l1, w1 = _run(args, 1, tmp_path / "w1")
+    l2, w2 = _run(args, 2, tmp_path / "w2")
+    print("losses ws=1", l1, "ws=2", l2)
+    assert len(l1) == len(l2) == 3
+    for a, b in zip(l1, l2):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
+    assert l1[0] != pytest.approx(l1[2])  # the weights moved between steps
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-4)

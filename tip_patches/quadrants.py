@@ -1,0 +1,78 @@
+"""TIP's four token quadrants (Table 1, Figure 2) and the per-step diagnostics logged with them.
+
+Axes: normalized student entropy ``ĥ`` and normalized reverse KL ``δ̂`` (TIP Eq. 5).
+
+    Q1: ĥ high, δ̂ high   (correct errors / consolidate fragile knowledge)
+    Q2: ĥ high, δ̂ low    (stabilize underconfident predictions)
+    Q3: ĥ low,  δ̂ high   (overconfident: break confident biases)
+    Q4: ĥ low,  δ̂ low    (solved)
+
+DECIDE (the paper does not state its thresholds): an axis is "high" when its normalized value is
+**strictly above** the threshold. ``fixed`` (default) uses ``tip.entropy_threshold`` /
+``tip.divergence_threshold`` (0.5 = the middle of each batch's range); ``median`` uses each
+axis's per-batch median (the lower median for even N), which puts about half the tokens in
+Q1+Q2 — close to the paper's reported 40–52 %. Quadrants only drive diagnostics and the
+inspector; no selection rule depends on the thresholds.
+"""
+from __future__ import annotations
+
+from typing import Dict, Tuple
+
+import torch
+
+from opsd.hooks import TokenStats
+
+THRESHOLD_MODES = ("fixed", "median")
+
+
+def thresholds(h_hat: torch.Tensor, d_hat: torch.Tensor, mode: str = "fixed",
+               entropy_threshold: float = 0.5, divergence_threshold: float = 0.5) -> Tuple[float, float]:
+    """The two thresholds on the normalized axes, per the module DECIDE."""
+    if mode == "fixed":
+        return float(entropy_threshold), float(divergence_threshold)
+    if mode == "median":
+        if h_hat.numel() == 0:
+            return 0.0, 0.0
+        return float(h_hat.median()), float(d_hat.median())
+    raise ValueError(f"tip.quadrant_threshold={mode!r} is not one of {list(THRESHOLD_MODES)}")
+
+
+@torch.no_grad()
+def classify(h_hat: torch.Tensor, d_hat: torch.Tensor, entropy_threshold: float,
+             divergence_threshold: float) -> torch.Tensor:
+    """Quadrant 1..4 of each token, ``(N,)`` int64 (Table 1)."""
+    high_h = (h_hat > entropy_threshold).long()
+    high_d = (d_hat > divergence_threshold).long()
+    return 4 - 2 * high_h - high_d  # (1,1)->1, (1,0)->2, (0,1)->3, (0,0)->4
+
+
+def _mean_std(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    if x.numel() == 0:
+        z = x.new_zeros(())
+        return z, z
+    return x.mean(), x.std(unbiased=False)  # population std: defined for N = 1
+
+
+@torch.no_grad()
+def diagnostics(stats: TokenStats, quadrant: torch.Tensor, kept: torch.Tensor,
+                entropy_threshold: float, divergence_threshold: float) -> Dict[str, float]:
+    """Floats logged every step: ``tip/q{i}_frac`` (share of tokens in Qi), ``tip/q{i}_kept``
+    (share of Qi's tokens the rule kept; 0 for an empty quadrant), ``tip/kept_frac``, student and
+    teacher entropy mean/std (raw, nats) and the thresholds. ``kept`` is a ``(N,)`` bool mask."""
+    n = quadrant.numel()
+    vals = {}
+    for i in range(1, 5):
+        in_q = quadrant == i
+        count = in_q.sum().double()
+        vals[f"tip/q{i}_frac"] = count / max(n, 1)
+        vals[f"tip/q{i}_kept"] = (in_q & kept).sum().double() / count.clamp_min(1)
+    vals["tip/kept_frac"] = kept.sum().double() / max(n, 1)
+    for name, x in (("student_entropy", stats.entropy), ("teacher_entropy", stats.teacher_entropy)):
+        vals[f"tip/{name}_mean"], vals[f"tip/{name}_std"] = _mean_std(x)
+    keys = list(vals)
+    flat = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=quadrant.device) for v in vals.values()])
+    out = dict(zip(keys, flat.tolist()))  # one device sync for all of them
+    out["tip/entropy_threshold"] = float(entropy_threshold)
+    out["tip/divergence_threshold"] = float(divergence_threshold)
+    out["tip/num_tokens"] = float(n)
+    return out
