@@ -321,7 +321,8 @@ class Trainer:
         for handle in reversed(self.plugin_handles):
             handle.remove()
         self.plugin_handles.clear()
-        self.backend.close()
+        if getattr(self, "backend", None) is not None:  # setup may have failed before the backend
+            self.backend.close()
         if hasattr(self, "logger"):
             self.logger.close()
 

@@ -58,6 +58,3 @@ def tiny_world(tmp_path_factory):
             "heldout": write_prompts(root / "heldout.jsonl", 16, seed=1)}
 
 
-def toy_reward(text, answer):
-    """Reward for the fixture's prompts: the response starts with the answer."""
-    return float(text.strip().startswith(str(answer)))

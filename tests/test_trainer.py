@@ -14,7 +14,7 @@ def _overrides(w, out, steps, extra=()):
     return [f"model.student={w['student']}", f"model.teacher={w['teacher']}", f"data.train_files={w['train']}",
             f"train.output_dir={out}", f"train.max_steps={steps}", "train.prompts_per_step=4", "rollout.n=2",
             "rollout.max_new_tokens=6", "engine.micro_batch_size=3", "optim.lr=0.01", "logging.progress=false",
-            "loss.reward_fn=conftest:toy_reward", "train.export=false", *extra]
+            "loss.reward_fn=_rewards:toy_reward", "train.export=false", *extra]
 
 
 def _metrics(out):
