@@ -76,7 +76,8 @@ def deepspeed_config(cfg, grad_accum: int) -> dict:
     ds = {
         "train_micro_batch_size_per_gpu": e.micro_batch_size,
         "gradient_accumulation_steps": grad_accum,
-        "gradient_clipping": cfg.optim.max_grad_norm,
+        # ZeRO-0 in float32: DeepSpeed steps the bare optimizer; _SkippingAdamW clips instead
+        "gradient_clipping": 0.0 if _owns_clipping(cfg) else cfg.optim.max_grad_norm,
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,  # a plain torch AdamW runs on CPU and GPU alike
         "zero_force_ds_cpu_optimizer": False,
@@ -90,6 +91,34 @@ def deepspeed_config(cfg, grad_accum: int) -> dict:
     return ds
 
 
+class _SkippingAdamW(torch.optim.AdamW):
+    """AdamW that clips by the global gradient norm and skips a step whose norm is not finite.
+
+    ZeRO-1/2/3 and the fp16/bf16 wrappers do this inside DeepSpeed; with ZeRO-0 in float32
+    DeepSpeed steps the bare optimizer, and a NaN/inf gradient would be written into the weights.
+    After each step DeepSpeed reads ``overflow`` (counted in ``engine.skipped_steps``, no lr
+    schedule step) and ``_global_grad_norm`` (``engine.get_global_grad_norm()``), as for its own
+    optimizers. Gradients are already all-reduced when ``step`` runs, so every rank agrees."""
+
+    def __init__(self, params, max_grad_norm: float = 0.0, **kw):
+        super().__init__(params, **kw)
+        self.max_grad_norm = max_grad_norm
+        self.overflow = False
+        self._global_grad_norm = None
+
+    def step(self, closure=None):
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        max_norm = self.max_grad_norm if self.max_grad_norm > 0 else float("inf")  # inf: norm only
+        norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+        self._global_grad_norm = norm
+        self.overflow = not math.isfinite(norm)
+        return None if self.overflow else super().step(closure)
+
+
+def _owns_clipping(cfg) -> bool:
+    return cfg.engine.zero_stage == 0 and cfg.model.dtype == "float32"
+
+
 def build_engine(module: torch.nn.Module, cfg, grad_accum: int):
     """Wrap ``module`` (an :class:`opsd.distill.DistillModule`) in a DeepSpeed engine with AdamW
     and a cosine schedule."""
@@ -97,7 +126,9 @@ def build_engine(module: torch.nn.Module, cfg, grad_accum: int):
 
     params = [p for p in module.parameters() if p.requires_grad]
     o = cfg.optim
-    optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    kw = dict(lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+    optimizer = (_SkippingAdamW(params, max_grad_norm=o.max_grad_norm, **kw) if _owns_clipping(cfg)
+                 else torch.optim.AdamW(params, **kw))
     warmup = o.warmup_steps or int(o.warmup_ratio * cfg.train.max_steps)
     scheduler = cosine_with_warmup(optimizer, warmup, cfg.train.max_steps, o.min_lr_ratio)
     engine, optimizer, _, scheduler = deepspeed.initialize(

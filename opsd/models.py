@@ -57,11 +57,14 @@ def check_same_tokenizer(student_tok, teacher_path: str, trust_remote_code: bool
         return
     s_vocab, t_vocab = student_tok.get_vocab(), teacher_tok.get_vocab()
     if s_vocab != t_vocab:
-        diff = sorted(set(s_vocab.items()) ^ set(t_vocab.items()), key=str)[:5]
+        student = getattr(student_tok, "name_or_path", None) or "(in-memory tokenizer)"
+        diff = [f"{t!r}: {s_vocab.get(t)} vs {t_vocab.get(t)}" for t in sorted(set(s_vocab) | set(t_vocab), key=str)
+                if s_vocab.get(t) != t_vocab.get(t)][:5]
         raise ValueError(
-            f"teacher {teacher_path} and the student use different tokenizers "
-            f"({len(s_vocab)} vs {len(t_vocab)} tokens; first differences {diff}); "
-            "token-level distillation needs a shared vocabulary")
+            f"student {student} and teacher {teacher_path} use different tokenizers "
+            f"({len(s_vocab)} vs {len(t_vocab)} tokens; first differences, student id vs teacher id: "
+            f"{'; '.join(diff)}); token-level distillation needs a shared vocabulary "
+            "(a padded logit width alone is fine)")
 
 
 def is_dir_model(path: str) -> bool:
