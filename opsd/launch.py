@@ -125,6 +125,22 @@ def check_config(cfg, plan: Plan) -> List[str]:
     return warnings
 
 
+def env_warnings(launcher: str, plan: Plan) -> List[str]:
+    """Settings this shell has that the other nodes will not see. The DeepSpeed runner starts them
+    over ssh/pdsh forwarding only some variables (PYTHON*, MLFLOW*, ...) and the lines of
+    ``.deepspeed_env`` (in ``~`` or here); without ``OPSD_PLUGINS`` there, a plugin section such as
+    ``tip`` is unknown on those nodes unless its package is pip-installed (entry point) on them."""
+    value = os.environ.get("OPSD_PLUGINS")
+    if launcher != "deepspeed" or plan.nnodes == 1 or not value:
+        return []
+    name = os.environ.get("DS_ENV_FILE", ".deepspeed_env")
+    for f in (Path.home() / name, Path(name)):
+        if f.is_file() and any(line.startswith("OPSD_PLUGINS=") for line in f.read_text().splitlines()):
+            return []
+    return [f"OPSD_PLUGINS={value} is set here, but the DeepSpeed runner does not pass it to the other nodes: "
+            f"add the line OPSD_PLUGINS={value} to ./{name}, or pip install the plugin package on every node"]
+
+
 def _slots_text(plan: Plan) -> str:
     return str(plan.slots[0]) if len(set(plan.slots)) == 1 else "+".join(map(str, plan.slots))
 
@@ -201,7 +217,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg = load_config(args.config, args.overrides)
         plan = make_plan(args.nproc_per_node, args.nnodes, args.hostfile, args.master_addr, args.master_port,
                          args.launcher)
-        warnings = check_config(cfg, plan)
+        warnings = check_config(cfg, plan) + env_warnings(args.launcher, plan)
         targs = train_args(args.config, args.overrides)
         if args.launcher == "deepspeed":
             cmds, labels = [deepspeed_command(plan, targs, args.hostfile)], ["all nodes (run on the first host)"]

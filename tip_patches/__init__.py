@@ -6,15 +6,31 @@ A separate package that patches itself into ``opsd.hooks.select_tokens``; opsd n
 - :mod:`tip_patches.selectors`: the selection rules and :func:`select`
 - :mod:`tip_patches.quadrants`: Q1–Q4 classification and per-step diagnostics
 - :mod:`tip_patches.distributed`: global selection under data parallelism
-- :mod:`tip_patches.patch`: :class:`TipConfig`, :func:`apply`, :func:`patched`
+- :mod:`tip_patches.config`: :class:`TipConfig` (the ``tip`` section; torch-free)
+- :mod:`tip_patches.patch`: :class:`TipSelector`, :func:`apply`, :func:`patched`
 - :mod:`tip_patches.plugin`: the ``tip`` config section of ``opsd.config``
 - ``python -m tip_patches.inspect``: token-level quadrant report (App. B.4) and scatter (Fig. 2)
 
 Every DECIDE is listed in ``tip_patches/README.md``.
 """
-from tip_patches.patch import TipConfig, TipHandle, TipSelector, active_handle, apply, patched
-from tip_patches.scores import RunningMinMax, minmax, q3_score, soft_or
-from tip_patches.selectors import RULES, select
+import importlib
 
-__all__ = ["TipConfig", "TipHandle", "TipSelector", "active_handle", "apply", "patched", "select", "RULES",
-           "minmax", "RunningMinMax", "soft_or", "q3_score"]
+# Names are resolved on first use (PEP 562) so that importing a torch-free submodule
+# (``tip_patches.config``, ``tip_patches.plugin``: config loading, ``opsd.launch --dry-run``)
+# does not import torch through this package's __init__.
+_EXPORTS = {"TipConfig": "config", "RULES": "config", "TipHandle": "patch", "TipSelector": "patch",
+            "active_handle": "patch", "apply": "patch", "patched": "patch", "select": "selectors",
+            "minmax": "scores", "RunningMinMax": "scores", "soft_or": "scores", "q3_score": "scores"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import dataclasses
 
-from tip_patches.patch import TipConfig, TipHandle, apply
+# Only the torch-free config module at import time: registering the section (every config load,
+# ``opsd.launch --dry-run``) must not import torch; ``apply`` is imported when a run activates it.
+from tip_patches.config import TipConfig
 
 
-def activate(tip_cfg: TipConfig, full_cfg) -> TipHandle:
+def activate(tip_cfg: TipConfig, full_cfg):
     """Apply ``tip_cfg``; ``tip.seed`` defaults to ``train.seed`` so every rank (and a resumed
     run) draws the same samples. The config object itself is not modified."""
     if tip_cfg.seed is None:
         seed = getattr(getattr(full_cfg, "train", None), "seed", None)
         tip_cfg = dataclasses.replace(tip_cfg, seed=seed)
-    return apply(tip_cfg)
+    from tip_patches.patch import apply
+
+    return apply(tip_cfg)  # a TipHandle
 
 
 def register(registry) -> None:

@@ -21,8 +21,7 @@ from typing import Dict, Tuple
 import torch
 
 from opsd.hooks import TokenStats
-
-THRESHOLD_MODES = ("fixed", "median")
+from tip_patches.config import THRESHOLD_MODES  # noqa: F401 (torch-free home of the constant)
 
 
 def thresholds(h_hat: torch.Tensor, d_hat: torch.Tensor, mode: str = "fixed",

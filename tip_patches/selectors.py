@@ -55,7 +55,6 @@ observation) the indicator is almost never on and the rule is plain entropy samp
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
@@ -63,11 +62,10 @@ import torch
 
 from opsd.hooks import TokenSelection, TokenStats
 from tip_patches import quadrants
+# RULES, SAMPLING_RULES and check_ratio live in the torch-free tip_patches.config (re-exported here).
+from tip_patches.config import RULES, SAMPLING_RULES, check_ratio  # noqa: F401
 from tip_patches.distributed import as_float, gather_stats, group_info, localize, FIELDS
 from tip_patches.scores import minmax, num_kept, q3_from_normalized, soft_or_from_normalized
-
-RULES = ("all", "entropy_sample", "entropy_topk", "soft_or", "soft_or_bottom", "q3", "adaptive_kl")
-SAMPLING_RULES = ("entropy_sample", "adaptive_kl")
 
 Normalizer = Callable[[torch.Tensor], torch.Tensor]
 
@@ -173,16 +171,6 @@ RULE_FNS = {"all": _all, "entropy_sample": _entropy_sample, "entropy_topk": _ent
 
 
 # ------------------------------------------------------------------ entry point
-
-def check_ratio(ratio, rule: str = "") -> float:
-    """``ratio`` in (0, 1]; ``rule="all"`` needs 1 (a smaller ratio would be silently ignored)."""
-    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not 0 < ratio <= 1:
-        raise ValueError(f"tip.ratio must be a number in (0, 1], got {ratio!r}")
-    if rule == "all" and ratio != 1:
-        raise ValueError(f"tip.ratio={ratio} has no effect with tip.rule=all; choose a selection rule "
-                         f"({', '.join(RULES[1:])}) or ratio 1")
-    return float(ratio)
-
 
 def _check_finite(stats: TokenStats) -> None:
     for f in FIELDS:
