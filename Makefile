@@ -42,6 +42,12 @@ test-vllm:
 bench-rollout:
 	.venv-vllm/bin/python bench/rollout_throughput.py --all
 
+## Loss-step memory and time: naive vs chunked OPD loss, then TIP by retention ratio (default shape
+## V=151,936, d=256, N=2,048; each row in a fresh process; ~10 min on 2 CPU cores).
+.PHONY: bench
+bench: install
+	$(PY) bench/opd_memory.py && $(PY) bench/tip_memory.py
+
 ## Grader agreement with the gold solutions, and grading throughput.
 grader-check: install
 	$(PY) -m eval.grader_agreement && $(PY) -m eval.grading_throughput
@@ -52,3 +58,13 @@ data: install
 
 clean:
 	rm -rf runs artifacts/toy/.tmp*
+
+## The paper's Tables 3-8 at the paper's scale on GPU machines (recipes/README.md). DRY_RUN=1 prints
+## and validates every command without a GPU or network; NPROC, HOSTFILE, OUT, PAIRS, EXTRA_OVERRIDES
+## and PYTHON pass through. Real runs download the models: HUB_OFFLINE=1 if they are cached already.
+REPRO_TABLES := 3 4 5 6 7 8
+HUB_OFFLINE ?= 0
+.PHONY: $(addprefix reproduce-table,$(REPRO_TABLES))
+$(addprefix reproduce-table,$(REPRO_TABLES)): reproduce-table%:
+	HF_HUB_OFFLINE=$(if $(filter 1,$(DRY_RUN)),1,$(HUB_OFFLINE)) PYTHON="$(or $(PYTHON),$(wildcard $(PY)),python3)" \
+		bash recipes/paper/table$*.sh

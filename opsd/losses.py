@@ -128,7 +128,7 @@ def _kl(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """KL(p || q) per row for log-probabilities ``(n, V)``; 0 * (log 0 - x) counts as 0."""
     p = logp.exp()
     diff = logp - logq
-    return torch.where(p > 0, p * diff, torch.zeros_like(diff)).sum(-1)
+    return torch.where(p > 0, p * diff, 0.0).sum(-1)
 
 
 def _jsd(logp_s: torch.Tensor, logp_t: torch.Tensor, beta: float) -> torch.Tensor:
@@ -208,7 +208,7 @@ def stats_from_sources(student, teacher: TeacherSource, chunk_size: int = 512) -
         else:
             extra = lt
         parts["teacher_topk_kl"].append(topk_forward_kl(logp_s, extra).clamp_min(0))
-        del logp_s, ls, lt  # free the (n, V) chunk before the next one
+        del logp_s, ls, lt, extra  # free the (n, V) chunk before the next one (extra may be lt)
     dev = student.hidden.device if isinstance(student, HiddenLogits) else student.logits.device
     out = {k: (torch.cat(v) if v else torch.zeros(0, device=dev)) for k, v in parts.items()}
     return TokenStats(**out)
@@ -264,16 +264,28 @@ def selected_loss_sum(student_hidden: torch.Tensor, student_weight: torch.Tensor
     for s in range(0, k, chunk_size):
         idx = indices[s: s + chunk_size]
         h = student_hidden[idx]  # (n, d), carries grad
-        if isinstance(teacher, TeacherTopK):
-            t_part = (teacher.logprobs[idx].to(h.device), teacher.indices[idx].to(h.device))
-        else:
-            with torch.no_grad():
-                t_part = torch.log_softmax(teacher.rows(idx), dim=-1)  # (n, V), no grad
         w = weights[s: s + chunk_size].float() if weights is not None else torch.ones(len(idx), device=h.device)
         ew = extra_weights[s: s + chunk_size].float() if extra_weights is not None else None
-        args = (h, student_weight, vocab_size, t_part, loss_type, beta, w, ew)
         if recompute:
-            total = total + checkpoint(_chunk_loss, *args, use_reentrant=False)
+            # The teacher's part is computed inside the checkpoint: as a checkpoint input, each
+            # chunk's (n, V) teacher log-probs would stay alive until backward (memory ~ K x V).
+            total = total + checkpoint(_chunk_loss_recomputed, h, student_weight, vocab_size, teacher, idx,
+                                       loss_type, beta, w, ew, use_reentrant=False)
         else:
-            total = total + _chunk_loss(*args)
+            total = total + _chunk_loss(h, student_weight, vocab_size, _teacher_part(teacher, idx, h.device),
+                                        loss_type, beta, w, ew)
     return total
+
+
+def _teacher_part(teacher: TeacherSource, idx: torch.Tensor, device):
+    """The teacher side of a chunk of kept rows: log-probs ``(n, V)`` without grad, or for a top-k
+    teacher its ``(logprobs (n, k), indices (n, k))`` pair."""
+    if isinstance(teacher, TeacherTopK):
+        return teacher.logprobs[idx].to(device), teacher.indices[idx].to(device)
+    with torch.no_grad():
+        return torch.log_softmax(teacher.rows(idx), dim=-1)
+
+
+def _chunk_loss_recomputed(h, weight, vocab_size, teacher, idx, loss_type, beta, w, extra_w) -> torch.Tensor:
+    """:func:`_chunk_loss` with the teacher part computed inside (run under checkpoint)."""
+    return _chunk_loss(h, weight, vocab_size, _teacher_part(teacher, idx, h.device), loss_type, beta, w, extra_w)

@@ -113,3 +113,37 @@ def test_topk_teacher_converges_to_exact():
         errs.append((approx.reverse_kl - exact.reverse_kl).abs().mean().item())
         assert (approx.entropy == exact.entropy).all()  # student entropy stays exact
     assert errs[0] > errs[1] > errs[2] and errs[2] < 1e-4
+
+
+def test_recompute_keeps_no_teacher_logprobs_until_backward():
+    """loss.recompute_chunks: after the grad pass's forward no (chunk, V) tensor stays alive; the
+    teacher log-probs used to be held as checkpoint inputs, one per chunk (memory ~ K x V)."""
+    import gc
+
+    torch.manual_seed(0)
+    v, n = 997, 12
+    h, w = torch.randn(n, 4, requires_grad=True), torch.randn(v, 4, requires_grad=True)
+    loss = selected_loss_sum(h, w, HiddenLogits(torch.randn(n, 4), torch.randn(v, 4), v), torch.arange(n), v,
+                             chunk_size=4, recompute=True)
+    gc.collect()
+    assert not [t for t in gc.get_objects() if isinstance(t, torch.Tensor) and t.shape == (4, v)]
+    loss.backward()
+    assert torch.isfinite(h.grad).all() and torch.isfinite(w.grad).all()
+
+
+def test_stats_pass_frees_each_chunk_before_the_next():
+    """Only the current chunk's (chunk, V) log-probs are alive when the next teacher chunk is computed
+    (the previous teacher log-probs used to stay referenced by the top-k term's argument)."""
+    import gc
+
+    alive = []
+
+    class Counting(DenseLogits):
+        def rows(self, idx):
+            gc.collect()
+            alive.append(sum(isinstance(t, torch.Tensor) and t.shape == (4, 11) for t in gc.get_objects()))
+            return super().rows(idx)
+
+    torch.manual_seed(0)
+    stats_from_sources(DenseLogits(torch.randn(12, 11), 11), Counting(torch.randn(12, 11), 11), chunk_size=4)
+    assert alive == [1, 1, 1]  # the student log-probs of the chunk being scored

@@ -1,0 +1,49 @@
+"""The loss-memory benchmarks run end to end at a tiny shape (each row in its own child process)."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--vocab", "512", "--tokens", "64", "--hidden", "16", "--chunk-size", "16"]
+
+
+def _start(script, *flags):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, str(REPO / "bench" / script), *TINY, *flags], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(proc):
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+    return out
+
+
+def _rows(out):
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in out.splitlines()
+            if line.startswith("| ") and not line.startswith("| path") and not line.startswith("| ratio")]
+
+
+def test_opd_and_tip_memory_benchmarks_at_a_tiny_shape():
+    # Both scripts at once: the wall time is mostly the children's torch imports.
+    opd = _start("opd_memory.py")
+    tip = _start("tip_memory.py", "--ratios", "1.0,0.1")
+    opd_out, tip_out = _finish(opd), _finish(tip)
+
+    rows = _rows(opd_out)
+    assert [r[0].split(":")[0] for r in rows] == ["naive", "chunked", "chunked + loss.recompute_chunks=true"]
+    assert rows[0][3] == "1.00"
+    losses = [float(r[5]) for r in rows]
+    assert all(abs(x - losses[0]) < 1e-4 for x in losses), opd_out
+    diffs = [float(x) for x in re.findall(r"- loss\(naive\)\| = (\S+)", opd_out)]
+    assert len(diffs) == 2 and max(diffs) < 1e-4, opd_out
+    assert "one (N, V) float32 tensor: 64 x 512 x 4 B" in opd_out
+
+    rows = _rows(tip_out)
+    assert [(r[0], r[1]) for r in rows] == [("1.00", "64"), ("0.10", "7")]  # K = ceil(ratio * N)
+    assert rows[0][3] == "—" and rows[1][3].endswith("%")
+    assert "tip:soft_or@0.1" in tip_out
+    assert "Where the memory goes at ratio 0.1 (K = 7 of N = 64 tokens)" in tip_out
+    assert "measured alone" in tip_out
