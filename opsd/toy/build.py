@@ -56,6 +56,7 @@ class ModelSpec:
     warmup_steps: int = 30
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
+    sft_pool: Optional[int] = None  # distinct SFT problems (cycled for many epochs); None = fresh every batch
 
 
 @dataclass
@@ -90,8 +91,8 @@ class WorldConfig:
 def quick_config() -> WorldConfig:
     """A tiny, barely trained world that builds in seconds (tests, smoke runs)."""
     tiny = dict(layers=1, hidden=32, heads=2, kv_heads=1, intermediate=64, steps=2, batch_size=8, warmup_steps=1)
-    return WorldConfig(n_train=64, n_heldout=16, teacher=ModelSpec(**tiny), student=ModelSpec(**tiny),
-                       max_new_tokens=16, quadrant_batch_size=8)
+    return WorldConfig(n_train=64, n_heldout=8, teacher=ModelSpec(**tiny), student=ModelSpec(**tiny),
+                       max_new_tokens=8, quadrant_batch_size=4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,12 +119,14 @@ def pad_right(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
 
 
 def sft_batches(tok, cfg: WorldConfig, spec: ModelSpec, seed: int) -> Iterator[Dict[str, torch.Tensor]]:
-    """Endless right-padded batches of fresh train-split problems (never held-out ones)."""
+    """Endless right-padded batches of train-split problems (never held-out ones): fresh ones, or
+    draws from a fixed pool of ``spec.sft_pool`` problems (a small SFT set seen for many epochs)."""
     rng = random.Random(f"sft-{seed}")
+    pool = make_problems(spec.sft_pool, seed, "train", cfg.task) if spec.sft_pool else None
     while True:
         rows = []
         while len(rows) < spec.batch_size:
-            p = sample_problem(rng, cfg.task)
+            p = rng.choice(pool) if pool else sample_problem(rng, cfg.task)
             if split_of(p, cfg.task) == "train":
                 rows.append(sft_example(tok, p, rng.random() < cfg.no_think_fraction))
         ids = pad_right([r[0] for r in rows], tok.pad_token_id)  # (B, L)
@@ -213,8 +216,9 @@ def generate(model, tok, prompts: Sequence[str], temperature: float, max_new_tok
     torch.manual_seed(seed)
     prompt_ids = [tok.encode(chat_prompt(tok, p), add_special_tokens=False) for p in prompts]
     responses: List[List[int]] = []
+    # top_k=0 overrides HF's default top-50, so T=1 is pure sampling from the policy.
     sampling = dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if temperature > 0 \
-        else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else dict(do_sample=False)
     for i in range(0, len(prompts), batch_size):
         chunk = prompt_ids[i:i + batch_size]
         enc = tok.pad({"input_ids": chunk}, padding=True, padding_side="left", return_tensors="pt")
