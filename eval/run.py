@@ -149,7 +149,7 @@ def build_backend(args: RunArgs, tokenizer):
         except ImportError as e:
             raise RuntimeError(f"--backend vllm: opsd.rollout.vllm_backend is not available ({e}); "
                                "install vLLM and the vLLM backend, or use --backend hf") from e
-        return make_backend(cfg, None, tokenizer, model_path=args.model)
+        return make_backend(cfg, None, tokenizer, model_path=args.model, dtype=args.dtype, seed=args.seed)
     from transformers import AutoModelForCausalLM
 
     device, dtype = _torch_setup(args)

@@ -86,6 +86,9 @@ class RolloutConfig:
         _positive("rollout.tensor_parallel_size", self.tensor_parallel_size)
         if self.temperature < 0:
             raise ConfigError(f"rollout.temperature must be >= 0, got {self.temperature}")
+        if self.backend == "vllm" and self.temperature > 2:  # vLLM's SamplingParams range is [0, 2]
+            raise ConfigError(f"rollout.temperature={self.temperature} is above 2, the most that "
+                              "rollout.backend=vllm accepts (use rollout.backend=hf for hotter sampling)")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"rollout.top_p must be in (0, 1], got {self.top_p}")
         if not 0 < self.gpu_memory_utilization <= 1:

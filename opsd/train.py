@@ -35,7 +35,7 @@ def main(argv=None) -> int:
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
-    from opsd.trainer import Trainer
+    from opsd.trainer import Trainer, TrainingAborted
 
     trainer = Trainer(cfg)
     try:
@@ -43,6 +43,10 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except TrainingAborted as e:  # rollout engine died / weight sync failed: the message says it all
+        logging.getLogger("opsd").debug("training aborted", exc_info=True)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     finally:
         trainer.cleanup()
     if summary and trainer.rank == 0:

@@ -19,6 +19,7 @@ local loss is multiplied by the world size to turn that average into the sum.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -33,7 +34,7 @@ from opsd import checkpoint, hooks
 from opsd.config import Config, ConfigError
 from opsd.engine import build_engine, init_distributed, pick_device, rank, world_size
 from opsd.metrics import MetricsLogger, format_line, peak_memory_gb, reset_peak_memory
-from opsd.rollout import SamplingConfig, make_backend
+from opsd.rollout import RolloutEngineError, SamplingConfig, WeightSyncError, make_backend
 
 log = logging.getLogger("opsd")
 
@@ -61,10 +62,17 @@ def load_reward_fn(spec: Optional[str]):
         raise ConfigError(f"loss.reward_fn={spec!r} cannot be imported ({e}); expected 'module:function'") from None
 
 
+class TrainingAborted(RuntimeError):
+    """The run stopped on a rollout-engine or weight-sync failure; the message names the step and
+    the checkpoint to resume from (``opsd.train`` prints it and exits with status 1)."""
+
+
 class Trainer:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.step = 0
+        self.resumed_from: Optional[Path] = None
+        self._backend_asleep = False
         self.plugin_handles = []
 
     # ------------------------------------------------------------------ setup
@@ -104,7 +112,8 @@ class Trainer:
                                cfg.loss.chunk_size, cfg.loss.recompute_chunks, cfg.engine.zero_stage)
         self.engine, self.optimizer, self.scheduler = build_engine(module, cfg, self.grad_accum)
         self.student = self.engine.module.model
-        self.backend = make_backend(cfg.rollout, self.student, self.tokenizer, cfg.model.student)
+        self.backend = make_backend(cfg.rollout, self.student, self.tokenizer, cfg.model.student,
+                                    dtype=cfg.model.dtype, seed=cfg.train.seed)
         self.sampling = SamplingConfig(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k,
                                        cfg.rollout.max_new_tokens, cfg.rollout.n)
 
@@ -150,6 +159,7 @@ class Trainer:
     def _resume(self, path: Path) -> None:
         state = checkpoint.load(path, self.engine)
         self.step = state["step"]
+        self.resumed_from = path
         self.sampler.load_state_dict(state["sampler"])
         extra = path / "extra_state.pt"
         if extra.is_file() and hasattr(hooks.select_tokens, "load_state_dict"):
@@ -170,7 +180,8 @@ class Trainer:
         bar = tqdm(total=cfg.train.max_steps, initial=self.step, disable=not (cfg.logging.progress and self.rank == 0),
                    desc="opd", dynamic_ncols=True)
         while self.step < cfg.train.max_steps:
-            metrics = self.train_step()
+            with self._engine_guard(f"step {self.step + 1}"):
+                metrics = self.train_step()
             self.step += 1
             metrics["step"] = self.step
             if self.eval_data is not None and cfg.train.eval_every and self.step % cfg.train.eval_every == 0:
@@ -211,6 +222,7 @@ class Trainer:
         t = time.time()
         torch.manual_seed(_seed(self.cfg.train.seed, self.step, self.rank))
         self.sampling.seed = _seed(self.cfg.train.seed, self.step, self.rank)
+        self._wake_backend()
         rollouts = self.backend.generate([it["prompt_ids"] for it in items], self.sampling)
         return rollouts, time.time() - t
 
@@ -239,6 +251,7 @@ class Trainer:
             return {**metrics, "loss": 0.0, "skipped": 1}
         token_w = self.reward_token_weights(seq["loss_mask"], rewards, n_step)
 
+        self._sleep_backend()  # training phase: teacher forward + student update
         sources = self.teacher_phase(seq, slices)
         totals, diag = torch.zeros(5, dtype=torch.float64), {}
         skipped_before = self.engine.skipped_steps
@@ -279,23 +292,67 @@ class Trainer:
     def reward_token_weights(self, loss_mask: torch.Tensor, rewards, n_step: float) -> Optional[torch.Tensor]:
         """Reward-weighted distillation: per-sample ``w_i = B softmax(r / beta)_i`` over the global
         batch, sample loss = its token mean, batch loss = sum_i w_i L_i / sum_i w_i. Expressed as
-        per-token weights ``w_i * N / (T_i * B)`` so the token-mean machinery computes it exactly."""
+        per-token weights ``w_i * N / (T_i * B)`` so the token-mean machinery computes it exactly.
+        Samples without a loss token (empty responses) have no L_i: they are left out of the
+        softmax and of B, so they do not dilute the batch loss."""
         beta = self.cfg.loss.reward_beta
         if beta is None or rewards is None:
             return None
         local = torch.tensor(rewards, dtype=torch.float64)
         all_r = _gather_varlen(local)
-        w_all = len(all_r) * torch.softmax(all_r / beta, dim=0)
+        has = _gather_varlen((loss_mask.sum(dim=1) > 0).double())  # (B_global,) 1 = has a loss token
+        # softmax over the samples with a loss only (same ratios; no 0/0 if the rest underflows)
+        w_all = has.sum() * torch.softmax((all_r / beta).masked_fill(has == 0, float("-inf")), dim=0)
         offset = _rank_offset(len(local))
         w = w_all[offset:offset + len(local)]
         t_i = loss_mask.sum(dim=1).double().clamp_min(1)  # (B,) tokens per sample
-        per_sample = w * n_step / (t_i * len(all_r))
+        per_sample = w * n_step / (t_i * has.sum())
         return per_sample.repeat_interleave(loss_mask.sum(dim=1)).float()
 
     def named_student_weights(self):
         from opsd.checkpoint import _iter_full_params
 
         return _iter_full_params(self.student, self.cfg.engine.zero_stage)
+
+    # ------------------------------------------------------------------ rollout engine phases, failures
+
+    def _sleep_backend(self) -> None:
+        """Free the rollout engine's memory for the training phase (``rollout.sleep_level`` 0: never).
+        The HF backend's sleep is a no-op; vLLM's sleep mode runs only on GPU (the CPU worker has
+        none, so CPU tests exercise this call order with a fake backend, not the memory release)."""
+        if self.cfg.rollout.sleep_level > 0 and not self._backend_asleep:
+            self.backend.sleep()
+            self._backend_asleep = True
+
+    def _wake_backend(self) -> None:
+        """Before any ``generate``: undo :meth:`_sleep_backend`. The weight sync of the step already
+        ran while asleep (vLLM wakes just the weights for it, GPU-only)."""
+        if self._backend_asleep:
+            self.backend.wake()
+            self._backend_asleep = False
+
+    @contextlib.contextmanager
+    def _engine_guard(self, where: str):
+        """Rollout-engine and weight-sync failures -> :class:`TrainingAborted` naming ``where`` and the
+        checkpoint to resume from. Nothing is saved after such a failure: the failed step's optimizer
+        update exists only in memory and the engine may hold partly synced weights. (With several
+        ranks, a failure seen by one rank only leaves the others waiting in a collective until the
+        launcher's timeout; vLLM's external launcher fails a whole TP group together.)"""
+        try:
+            yield
+        except (RolloutEngineError, WeightSyncError) as e:
+            what = "the rollout engine failed" if isinstance(e, RolloutEngineError) else "weight sync failed"
+            raise TrainingAborted(f"{where}: {what}: {e}\nStopped without saving {where}; "
+                                  f"{self._resume_hint()}") from e
+
+    def _resume_hint(self) -> str:
+        found = checkpoint.list_complete(self.out_dir / "checkpoints")
+        last = found[-1] if found else self.resumed_from
+        if last is None:
+            return ("no checkpoint was written before the failure (train.save_every=N writes one every N "
+                    "steps); rerunning starts from step 0")
+        return (f"the last intact checkpoint is {last}; rerun the same command to resume from it "
+                f"(train.resume=auto picks the latest, or set train.resume={last})")
 
     # ------------------------------------------------------------------ eval, save, cleanup
 
@@ -305,9 +362,13 @@ class Trainer:
 
         if self.reward_fn is None:
             raise ConfigError("train.eval_files needs loss.reward_fn to score answers")
-        return accuracy(model_backend or self.backend, self.tokenizer, self.eval_data, self.reward_fn,
-                        max_new_tokens=self.cfg.rollout.max_new_tokens, limit=self.cfg.train.eval_limit,
-                        rank=self.rank, world=self.world, progress=self.cfg.logging.progress and self.rank == 0)
+        with self._engine_guard(f"evaluation at step {self.step}"):
+            if model_backend is None:
+                self._wake_backend()
+            return accuracy(model_backend or self.backend, self.tokenizer, self.eval_data, self.reward_fn,
+                            max_new_tokens=self.cfg.rollout.max_new_tokens, limit=self.cfg.train.eval_limit,
+                            rank=self.rank, world=self.world,
+                            progress=self.cfg.logging.progress and self.rank == 0)
 
     def save(self) -> None:
         state = {"step": self.step, "sampler": self.sampler.state_dict()}
@@ -322,7 +383,10 @@ class Trainer:
             handle.remove()
         self.plugin_handles.clear()
         if getattr(self, "backend", None) is not None:  # setup may have failed before the backend
-            self.backend.close()
+            try:
+                self.backend.close()
+            except Exception as e:  # a dead engine may fail to shut down; keep the real error visible
+                log.warning("closing the rollout backend failed: %s: %s", type(e).__name__, e)
         if hasattr(self, "logger"):
             self.logger.close()
 

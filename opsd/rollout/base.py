@@ -8,6 +8,16 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import torch
 
 
+class RolloutEngineError(RuntimeError):
+    """The generation engine failed mid-run (dead worker, CUDA error, OOM). The trainer stops
+    without checkpointing the failed step and names the last intact checkpoint to resume from."""
+
+
+class WeightSyncError(ValueError):
+    """A student tensor does not fit the engine's model (name or shape), or the engine's loader
+    failed on it; the message names the parameter. The engine then holds partly updated weights."""
+
+
 @dataclass
 class SamplingConfig:
     """Sampling parameters, identical in meaning for every backend.
@@ -48,9 +58,13 @@ class Rollouts:
 class RolloutBackend(ABC):
     """Generates samples from the current student policy.
 
-    Lifecycle in the trainer: ``generate`` -> (training phase; ``sleep()`` frees memory, ``wake()``
-    restores it) -> ``sync_weights(named_tensors)`` after every optimizer step, so the next
-    ``generate`` is on-policy.
+    Lifecycle in the trainer, per step: ``generate`` -> ``sleep()`` (unless ``rollout.sleep_level``
+    is 0) -> teacher forward and student update -> ``sync_weights(named_tensors)`` after the
+    optimizer step (called while asleep: a backend must wake what it needs to load weights) ->
+    [checkpoint] -> ``wake()`` right before the next ``generate`` (or an evaluation), so that
+    ``generate`` is on-policy. A step skipped before the update (no response tokens) neither
+    sleeps nor syncs. Engine failures raise :class:`RolloutEngineError`, sync failures
+    :class:`WeightSyncError`; the trainer turns both into a clean stop.
     """
 
     name: str = "base"

@@ -34,17 +34,12 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 
-from opsd.rollout.base import Rollouts, RolloutBackend, SamplingConfig
+# The two error classes live in base (the trainer catches them without importing this module);
+# re-exported here, where they are raised.
+from opsd.rollout.base import (RolloutBackend, RolloutEngineError, Rollouts, SamplingConfig,  # noqa: F401
+                               WeightSyncError)
 
 log = logging.getLogger(__name__)
-
-
-class RolloutEngineError(RuntimeError):
-    """The generation engine failed mid-run; the trainer stops and resumes from its checkpoint."""
-
-
-class WeightSyncError(ValueError):
-    """A student tensor does not fit the engine's model (name or shape); names the parameter."""
 
 
 def parallel_layout(world_size: int, rank: int, tp: int) -> Tuple[int, int, List[int]]:
@@ -107,6 +102,7 @@ class VLLMBackend(RolloutBackend):
         self.expected_shapes = _hf_param_shapes(model_path)
         self._group = None
         self._sleeping: Optional[str] = None  # None | "all" | "kv" (weights awake for a sync)
+        self._weights_discarded = False  # level-2 sleep dropped the weights; a sync must refill them
         self._calls = 0
         self.per_request_seeds = self.on_gpu
         self._warned_seed = False
@@ -236,6 +232,7 @@ class VLLMBackend(RolloutBackend):
             raise WeightSyncError(f"weight sync failed at parameter {checked.current!r}: "
                                   f"{type(e).__name__}: {e}") from e
         self.llm.reset_prefix_cache()
+        self._weights_discarded = False
         self.last_sync = {"tensors": checked.count, "bytes": checked.nbytes}
 
     def _driver_model(self):
@@ -258,11 +255,15 @@ class VLLMBackend(RolloutBackend):
             return
         self.llm.sleep(level=level)  # GPU-only
         self._sleeping = "all"
+        self._weights_discarded = level == 2
 
     def wake(self) -> None:
         """Undo :meth:`sleep` (GPU-only; no-op on CPU)."""
         if self._sleeping is None:
             return
+        if self._weights_discarded:  # GPU-only: waking now would sample from garbage weights
+            raise RuntimeError("VLLMBackend.wake after a level-2 sleep without sync_weights: the engine's "
+                               "weights were discarded; sync the student's weights first (or use sleep_level=1)")
         self.llm.wake_up(tags=["kv_cache"] if self._sleeping == "kv" else None)  # GPU-only
         self._sleeping = None
 
