@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="runs/toy-sweep", help="one sub-folder per run")
     ap.add_argument("--rules", default=DEFAULT_RULES, help=f"RULE:RATIO list (default {DEFAULT_RULES})")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=40, help="optimizer steps per run")
+    ap.add_argument("--steps", type=int, default=200, help="optimizer steps per run (the recipe's own)")
     ap.add_argument("--eval-limit", type=int, default=256, help="held-out problems scored")
     ap.add_argument("--n", type=int, default=4, help="samples per problem for mean@n")
     ap.add_argument("--report", default=None, help="Markdown report (default OUT/report.md)")
