@@ -278,6 +278,15 @@ def test_trainer_setup_refuses_a_tokenizer_mismatch(tiny_world, mismatched_teach
     assert tiny_world["student"] in str(e.value) and mismatched_teacher in str(e.value)
 
 
+def test_cli_tokenizer_mismatch_exits_2_without_traceback(tiny_world, mismatched_teacher, tmp_path, capsys):
+    from opsd.train import main
+
+    rc = main(_overrides(tiny_world, tmp_path / "run", 1, [f"model.teacher={mismatched_teacher}"]))
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "config error: model.teacher:" in err and "different tokenizers" in err and mismatched_teacher in err
+
+
 def test_padded_vocab_widths_alone_are_accepted(tiny_world, tmp_path):
     """Same tokenizer, different logit widths (like Qwen2.5 1.5B 151,936 vs 7B 152,064): accepted,
     and both sides are sliced to the tokenizer's length."""
