@@ -48,6 +48,35 @@ class TokenStats:
         return int(self.entropy.numel())
 
 
+class Ratio(float):
+    """A diagnostic share ``num / den`` (0.0 when ``den`` is 0) that is also a plain float; the
+    trainer aggregates it over micro-batches as ``sum(num) / sum(den)``."""
+
+    def __new__(cls, num, den):
+        num, den = float(num), float(den)
+        self = super().__new__(cls, num / den if den else 0.0)
+        self.num, self.den = num, den
+        return self
+
+    def __reduce__(self):
+        return Ratio, (self.num, self.den)
+
+
+def aggregate_diagnostics(parts) -> dict:
+    """Combine the diagnostics of a step's micro-batches: ``parts`` is a list of
+    ``(diagnostics, weight)`` (weight: the micro-batch's share of the step's response tokens)."""
+    out, sums = {}, {}
+    for diag, w in parts:
+        for k, v in diag.items():
+            if isinstance(v, Ratio):
+                a, b = sums.get(k, (0.0, 0.0))
+                sums[k] = (a + v.num, b + v.den)
+            else:
+                out[k] = out.get(k, 0.0) + float(v) * w
+    out.update({k: (a / b if b else 0.0) for k, (a, b) in sums.items()})
+    return out
+
+
 @dataclass
 class TokenSelection:
     """What the hook returns.
@@ -57,7 +86,11 @@ class TokenSelection:
       (importance-weighted sampling); ``None`` = weight 1
     - ``extra_loss_weight``: optional ``(K,)`` weights of an additional per-token loss term
       (the adaptive-KL term); ``None`` = no extra term
-    - ``diagnostics``: small dict of floats logged with the step (quadrant fractions, thresholds)
+    - ``diagnostics``: small dict of floats logged with the step (quadrant fractions, thresholds).
+      A step has several micro-batches: a plain float is averaged over them weighted by their
+      response-token counts; a :class:`Ratio` (a share, e.g. "kept tokens of Q3 / tokens in Q3")
+      is logged as the ratio of the summed numerators and denominators, so an empty micro-batch
+      does not pull it towards 0.
     """
 
     indices: torch.Tensor

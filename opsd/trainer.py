@@ -253,7 +253,7 @@ class Trainer:
 
         self._sleep_backend()  # training phase: teacher forward + student update
         sources = self.teacher_phase(seq, slices)
-        totals, diag = torch.zeros(5, dtype=torch.float64), {}
+        totals, diag_parts = torch.zeros(5, dtype=torch.float64), []
         skipped_before = self.engine.skipped_steps
         for i, (s, src) in enumerate(zip(slices, sources)):
             n_rows = int(seq["loss_mask"][:s.start].sum())
@@ -267,8 +267,7 @@ class Trainer:
             totals += torch.tensor([loss_sum.item() * scale, stats.reverse_kl.sum().item(),
                                     stats.entropy.sum().item(), stats.teacher_entropy.sum().item(), len(sel.indices)],
                                    dtype=torch.float64)
-            for k, v in sel.diagnostics.items():
-                diag[k] = diag.get(k, 0.0) + float(v) / len(slices)
+            diag_parts.append((sel.diagnostics, float(counts[i]) / n_step))
         self.teacher.load()  # back on the device for the next step's scoring phase (no-op if resident)
         totals = _all_reduce(totals)
         self.backend.sync_weights(self.named_student_weights())
@@ -276,7 +275,8 @@ class Trainer:
         metrics.update(loss=totals[0].item(), reverse_kl=totals[1].item() / n_step, entropy=totals[2].item() / n_step,
                        teacher_entropy=totals[3].item() / n_step, kept_frac=totals[4].item() / n_step,
                        tokens=n_step, grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
-                       skipped=int(self.engine.skipped_steps > skipped_before), **diag)
+                       skipped=int(self.engine.skipped_steps > skipped_before),
+                       **hooks.aggregate_diagnostics(diag_parts))
         if metrics["skipped"]:
             log.warning("step %d: non-finite gradient norm; optimizer step skipped", self.step + 1)
         return metrics

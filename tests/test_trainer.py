@@ -84,3 +84,42 @@ def test_bad_options_are_named(tiny_world, tmp_path, capsys):
         load_config(None, ["model.student=a", "model.teacher=b"])
     with pytest.raises(ConfigError, match="did you mean loss.chunk_size"):
         load_config(None, ["loss.chunk_sise=3"], validate=False)
+
+
+def test_ratio_diagnostics_aggregate_as_ratio_of_sums():
+    import copy
+    import pickle
+
+    r = hooks.Ratio(2, 4)
+    assert r == 0.5 and isinstance(r, float) and (r.num, r.den) == (2.0, 4.0)
+    assert hooks.Ratio(0, 0) == 0.0  # an empty share is 0, not NaN
+    for clone in (pickle.loads(pickle.dumps(r)), copy.deepcopy(r)):
+        assert clone == 0.5 and (clone.num, clone.den) == (2.0, 4.0)
+    out = hooks.aggregate_diagnostics([({"share": hooks.Ratio(3, 3), "mean": 2.0}, 0.25),
+                                       ({"share": hooks.Ratio(0, 0), "mean": 4.0}, 0.75),
+                                       ({"share": hooks.Ratio(1, 3)}, 0.0)])
+    assert out == {"share": pytest.approx(4 / 6), "mean": pytest.approx(3.5)}
+    assert all(type(v) is float for v in out.values())
+
+
+def test_step_diagnostics_weight_micro_batches_by_tokens(tiny_world, tmp_path, monkeypatch):
+    """A share that is empty in one micro-batch is not pulled to 0; floats are token-weighted."""
+    calls = []
+
+    def hook(stats):
+        calls.append(stats.num_tokens)
+        first = len(calls) % 3 == 1  # 8 rollouts, micro-batches of 3: three calls per step
+        return hooks.TokenSelection(indices=torch.arange(stats.num_tokens),
+                                    diagnostics={"t/share": hooks.Ratio(stats.num_tokens if first else 0,
+                                                                        stats.num_tokens if first else 0),
+                                                 "t/n": float(stats.num_tokens)})
+
+    monkeypatch.setattr(hooks, "select_tokens", hook)
+    out = tmp_path / "run"
+    assert main(_overrides(tiny_world, out, 2)) == 0
+    rows = [r for r in _metrics(out) if "t/share" in r]
+    assert len(rows) == 2 and len(calls) == 6
+    for step, r in enumerate(rows):
+        n = calls[3 * step:3 * step + 3]
+        assert r["t/share"] == 1.0
+        assert r["t/n"] == pytest.approx(sum(x * x for x in n) / sum(n))

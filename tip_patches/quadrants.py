@@ -20,7 +20,7 @@ from typing import Dict, Tuple
 
 import torch
 
-from opsd.hooks import TokenStats
+from opsd.hooks import Ratio, TokenStats
 from tip_patches.config import THRESHOLD_MODES  # noqa: F401 (torch-free home of the constant)
 
 
@@ -57,20 +57,28 @@ def diagnostics(stats: TokenStats, quadrant: torch.Tensor, kept: torch.Tensor,
                 entropy_threshold: float, divergence_threshold: float) -> Dict[str, float]:
     """Floats logged every step: ``tip/q{i}_frac`` (share of tokens in Qi), ``tip/q{i}_kept``
     (share of Qi's tokens the rule kept; 0 for an empty quadrant), ``tip/kept_frac``, student and
-    teacher entropy mean/std (raw, nats) and the thresholds. ``kept`` is a ``(N,)`` bool mask."""
+    teacher entropy mean/std (raw, nats) and the thresholds. ``kept`` is a ``(N,)`` bool mask.
+    The shares are :class:`opsd.hooks.Ratio` (floats that carry their counts), so the trainer
+    logs the exact share over a step's micro-batches."""
     n = quadrant.numel()
-    vals = {}
+    counts = []
     for i in range(1, 5):
         in_q = quadrant == i
-        count = in_q.sum().double()
-        vals[f"tip/q{i}_frac"] = count / max(n, 1)
-        vals[f"tip/q{i}_kept"] = (in_q & kept).sum().double() / count.clamp_min(1)
-    vals["tip/kept_frac"] = kept.sum().double() / max(n, 1)
-    for name, x in (("student_entropy", stats.entropy), ("teacher_entropy", stats.teacher_entropy)):
-        vals[f"tip/{name}_mean"], vals[f"tip/{name}_std"] = _mean_std(x)
-    keys = list(vals)
-    flat = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=quadrant.device) for v in vals.values()])
-    out = dict(zip(keys, flat.tolist()))  # one device sync for all of them
+        counts += [in_q.sum(), (in_q & kept).sum()]
+    counts.append(kept.sum())
+    moments = []
+    for x in (stats.entropy, stats.teacher_entropy):
+        moments += list(_mean_std(x))
+    flat = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=quadrant.device)
+                        for v in counts + moments]).tolist()  # one device sync for all of them
+    out: Dict[str, float] = {}
+    for i in range(1, 5):
+        in_q, kept_q = flat[2 * (i - 1)], flat[2 * (i - 1) + 1]
+        out[f"tip/q{i}_frac"] = Ratio(in_q, n)
+        out[f"tip/q{i}_kept"] = Ratio(kept_q, in_q)
+    out["tip/kept_frac"] = Ratio(flat[8], n)
+    for j, name in enumerate(("student_entropy", "teacher_entropy")):
+        out[f"tip/{name}_mean"], out[f"tip/{name}_std"] = flat[9 + 2 * j], flat[10 + 2 * j]
     out["tip/entropy_threshold"] = float(entropy_threshold)
     out["tip/divergence_threshold"] = float(divergence_threshold)
     out["tip/num_tokens"] = float(n)

@@ -60,7 +60,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 import torch
 
-from opsd.hooks import TokenSelection, TokenStats
+from opsd.hooks import Ratio, TokenSelection, TokenStats
 from tip_patches import quadrants
 # RULES, SAMPLING_RULES and check_ratio live in the torch-free tip_patches.config (re-exported here).
 from tip_patches.config import RULES, SAMPLING_RULES, check_ratio  # noqa: F401
@@ -226,5 +226,5 @@ def _diagnostics(glob, h_hat, d_hat, picked: Picked, mode, eth, dth) -> Dict[str
         diag["tip/weight_mean"] = float(picked.weights.mean())
         diag["tip/weight_max"] = float(picked.weights.max())
     if picked.extra is not None:
-        diag["tip/extra_frac"] = float((picked.extra > 0).float().mean())
+        diag["tip/extra_frac"] = Ratio(float((picked.extra > 0).sum()), picked.extra.numel())
     return diag

@@ -9,7 +9,8 @@ with the quadrants logged). After training, the exported student is scored by ``
 --bench toy`` (mean@n at temperature 1). A run whose folder already holds its results is not
 repeated, so an interrupted sweep resumes. The report (Markdown) has, per rule: held-out greedy
 accuracy before/after (mean ± sample std over seeds), mean@n, the TIP quadrant fractions of the
-student's tokens and the share of each quadrant the rule kept (averaged over steps and seeds),
+student's tokens (mean over steps and seeds) and the share of each quadrant's tokens the rule kept
+(token-weighted over steps, mean over seeds),
 and wall time; then ``eval.compare``'s table of the seed-0 runs against the ``all`` baseline.
 """
 from __future__ import annotations
@@ -64,12 +65,14 @@ def train_one(args, world: Path, rule: str, ratio: float, seed: int, out: Path) 
     return wall
 
 
-def eval_one(args, world: Path, rule: str, ratio: float, seed: int, out: Path) -> Path:
+def eval_one(args, world: Path, rule: str, ratio: float, seed: int, out: Path, model: Path = None) -> Path:
     res = out / "eval_toy.json"
-    cmd = [sys.executable, "-m", "eval.run", "--model", str(out / "export"), "--bench", "toy",
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "eval.run", "--model", str(model or out / "export"), "--bench", "toy",
            "--n", str(args.n), "--temperature", "1.0", "--limit", str(args.eval_limit), "--seed", "0",
-           "--out", str(res), "--tag", f"rule={rule}", "--tag", f"ratio={ratio:g}", "--tag", f"seed={seed}",
-           "--no-progress"]
+           "--out", str(res), "--no-progress"]
+    if model is None:  # a trained run (the untrained student carries no rule tags)
+        cmd += ["--tag", f"rule={rule}", "--tag", f"ratio={ratio:g}", "--tag", f"seed={seed}"]
     subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "OPSD_TOY_DIR": str(world)})
     return res
 
@@ -100,13 +103,16 @@ def summarize(out_root: Path, rules, seeds, n: int) -> str:
             for q in "1234":
                 if steps:
                     quad[q].append(statistics.mean(r[f"tip/q{q}_frac"] for r in steps))
-                    kept[q].append(statistics.mean(r[f"tip/q{q}_kept"] for r in steps))
+                    # token-weighted over steps (a step whose quadrant is empty logs kept share 0)
+                    n_q = [r[f"tip/q{q}_frac"] * r.get("tokens", 1.0) for r in steps]
+                    if sum(n_q) > 0:
+                        kept[q].append(sum(r[f"tip/q{q}_kept"] * w for r, w in zip(steps, n_q)) / sum(n_q))
             res = json.loads((d / "eval_toy.json").read_text())
             meank.append(_mean_at_n(res))
             w = d / "sweep_wall_s.txt"
             walls.append(float(w.read_text()) if w.exists() else None)
         qf = " / ".join(f"{statistics.mean(quad[q]):.2f}" for q in "1234") if quad["1"] else "n/a"
-        kf = " / ".join(f"{statistics.mean(kept[q]):.2f}" for q in "1234") if kept["1"] else "n/a"
+        kf = " / ".join(f"{statistics.mean(kept[q]):.2f}" if kept[q] else "n/a" for q in "1234")
         lines.append(f"| {rule} | {ratio:g} | {len(seeds)} | {mean_std(before)} | {mean_std(after)} | "
                      f"{mean_std(meank)} | {qf} | {kf} | {mean_std(walls, 0)} |")
     return "\n".join(lines)
@@ -145,6 +151,8 @@ def main(argv=None) -> int:
 
         ensure_world(str(world))
     out_root = Path(args.out).resolve()
+    print("[0] the student before OPD", flush=True)
+    before = eval_one(args, world, "before", 0.0, 0, out_root / "before", model=world / "student")
     total = len(rules) * len(args.seeds)
     done = 0
     for rule, ratio in rules:
@@ -157,6 +165,8 @@ def main(argv=None) -> int:
     report = ["# TIP rules on the embedded default", "",
               f"{len(args.seeds)} seed(s) per rule, {args.steps} steps, {args.eval_limit} held-out problems; "
               f"`python recipes/toy/tip_sweep.py --seeds {' '.join(map(str, args.seeds))} --steps {args.steps}`", "",
+              f"The student before OPD: mean@{args.n} (T=1) {_mean_at_n(json.loads(before.read_text())):.3f} "
+              f"(same {args.eval_limit} problems, same sampling seed).", "",
               summarize(out_root, rules, args.seeds, args.n), ""]
     seed0 = [out_root / run_name(r, q, args.seeds[0]) / "eval_toy.json" for r, q in rules]
     if rules[0][0] == "all" and len(seed0) > 1:
