@@ -47,3 +47,19 @@ def test_opd_and_tip_memory_benchmarks_at_a_tiny_shape():
     assert "tip:soft_or@0.1" in tip_out
     assert "Where the memory goes at ratio 0.1 (K = 7 of N = 64 tokens)" in tip_out
     assert "measured alone" in tip_out
+
+
+def test_teacher_offload_benchmark_at_a_tiny_shape():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "teacher_offload_memory.py"), "--steps", "1",
+                          "--threads", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = {r[0]: r for r in _rows(out.stdout) if r[0] in ("resident", "offload")}
+    assert set(rows) == {"resident", "offload"}, out.stdout
+    for r in rows.values():
+        score, train, step = map(float, r[1:4])
+        assert 0 < score <= step and 0 < train <= step
+    assert "128 response tokens per step" in out.stdout
+    bad = subprocess.run([sys.executable, str(REPO / "bench" / "teacher_offload_memory.py"), "--placements", "gpu"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--placements" in bad.stderr
