@@ -45,6 +45,37 @@ def init_distributed(device: torch.device) -> None:
         torch.cuda.set_device(device)
 
 
+def comm_device() -> torch.device:
+    """Where a tensor must live for the default process group to communicate it: the current GPU
+    under NCCL (which cannot send CPU tensors), the CPU under gloo. Host-side bookkeeping
+    collectives (token counts, rewards, accuracies) go through :func:`all_reduce_host`."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_host(t: torch.Tensor, op=None) -> torch.Tensor:
+    """All-reduce a small tensor over all ranks (a no-op for a world of one); returns a tensor on
+    ``t``'s device (a new one under NCCL, ``t`` itself reduced in place otherwise)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return t
+    x = t.to(comm_device())
+    dist.all_reduce(x, op=op or dist.ReduceOp.SUM)
+    if x is not t:
+        t.copy_(x)
+    return t
+
+
+def all_gather_host(t: torch.Tensor) -> list:
+    """All-gather equally shaped small tensors from every rank, in rank order, on ``t``'s device."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [t]
+    x = t.to(comm_device())
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x)
+    return [o.to(t.device) for o in out]
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 

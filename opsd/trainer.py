@@ -32,7 +32,7 @@ import torch.distributed as dist
 
 from opsd import checkpoint, hooks
 from opsd.config import Config, ConfigError
-from opsd.engine import build_engine, init_distributed, pick_device, rank, world_size
+from opsd.engine import all_gather_host, all_reduce_host, build_engine, init_distributed, pick_device, rank, world_size
 from opsd.metrics import MetricsLogger, format_line, peak_memory_gb, reset_peak_memory
 from opsd.rollout import RolloutEngineError, SamplingConfig, WeightSyncError, make_backend
 
@@ -44,9 +44,7 @@ def _seed(*parts) -> int:
 
 
 def _all_reduce(t: torch.Tensor, op=None) -> torch.Tensor:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=op or dist.ReduceOp.SUM)
-    return t
+    return all_reduce_host(t, op)
 
 
 def load_reward_fn(spec: Optional[str]):
@@ -222,9 +220,37 @@ class Trainer:
         t = time.time()
         torch.manual_seed(_seed(self.cfg.train.seed, self.step, self.rank))
         self.sampling.seed = _seed(self.cfg.train.seed, self.step, self.rank)
-        self._wake_backend()
-        rollouts = self.backend.generate([it["prompt_ids"] for it in items], self.sampling)
+
+        def generate():
+            self._wake_backend()
+            return self.backend.generate([it["prompt_ids"] for it in items], self.sampling)
+
+        rollouts = self._on_every_rank(generate)
         return rollouts, time.time() - t
+
+    _FAILURES = (RolloutEngineError, WeightSyncError)
+
+    def _on_every_rank(self, fn):
+        """Run ``fn``; a rollout-engine or weight-sync failure on any rank is raised on every rank
+        (one small all-gather per call when the world is > 1), so that no rank is left waiting in
+        the next collective while another one stops. Inside vLLM's own collectives (TP > 1) a dead
+        worker can still hang its TP group: there the launcher's timeout is the backstop."""
+        err, out = None, None
+        try:
+            out = fn()
+        except self._FAILURES as e:
+            err = e
+        if self.world > 1:
+            code = 0 if err is None else 1 + [isinstance(err, c) for c in self._FAILURES].index(True)
+            codes = [int(c.item()) for c in all_gather_host(torch.tensor([code], dtype=torch.long))]
+            failed = [(r, c) for r, c in enumerate(codes) if c]
+            if failed and err is None:
+                r, c = failed[0]
+                raise self._FAILURES[c - 1](f"on rank {r} of {self.world} (its own log has the cause); "
+                                            f"rank {self.rank} stops with it")
+        if err is not None:
+            raise err
+        return out
 
     def reward(self, rollouts, answers) -> Optional[List[float]]:
         if self.reward_fn is None:
@@ -270,7 +296,7 @@ class Trainer:
             diag_parts.append((sel.diagnostics, float(counts[i]) / n_step))
         self.teacher.load()  # back on the device for the next step's scoring phase (no-op if resident)
         totals = _all_reduce(totals)
-        self.backend.sync_weights(self.named_student_weights())
+        self._on_every_rank(self._sync_weights)
         grad_norm = self.engine.get_global_grad_norm()
         metrics.update(loss=totals[0].item(), reverse_kl=totals[1].item() / n_step, entropy=totals[2].item() / n_step,
                        teacher_entropy=totals[3].item() / n_step, kept_frac=totals[4].item() / n_step,
@@ -309,6 +335,14 @@ class Trainer:
         per_sample = w * n_step / (t_i * has.sum())
         return per_sample.repeat_interleave(loss_mask.sum(dim=1)).float()
 
+    def _sync_weights(self) -> None:
+        weights = self.named_student_weights()
+        try:
+            self.backend.sync_weights(weights)
+        finally:  # a sync that stopped part-way finishes the ZeRO-3 gathers in step with the other ranks
+            for _ in weights:
+                pass
+
     def named_student_weights(self):
         from opsd.checkpoint import _iter_full_params
 
@@ -335,9 +369,8 @@ class Trainer:
     def _engine_guard(self, where: str):
         """Rollout-engine and weight-sync failures -> :class:`TrainingAborted` naming ``where`` and the
         checkpoint to resume from. Nothing is saved after such a failure: the failed step's optimizer
-        update exists only in memory and the engine may hold partly synced weights. (With several
-        ranks, a failure seen by one rank only leaves the others waiting in a collective until the
-        launcher's timeout; vLLM's external launcher fails a whole TP group together.)"""
+        update exists only in memory and the engine may hold partly synced weights. With several
+        ranks, :meth:`_on_every_rank` raises a failure seen by one rank on all of them."""
         try:
             yield
         except (RolloutEngineError, WeightSyncError) as e:
@@ -403,18 +436,14 @@ def _gather_varlen(x: torch.Tensor) -> torch.Tensor:
     """Concatenate a 1-D tensor of possibly different lengths from every rank, in rank order."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return x
-    n = torch.tensor([len(x)])
-    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, n)
+    sizes = all_gather_host(torch.tensor([len(x)]))
     m = int(max(s.item() for s in sizes))
-    buf = [torch.zeros(m, dtype=x.dtype) for _ in sizes]
-    dist.all_gather(buf, torch.cat([x, x.new_zeros(m - len(x))]))
+    buf = all_gather_host(torch.cat([x, x.new_zeros(m - len(x))]))
     return torch.cat([b[: int(s.item())] for b, s in zip(buf, sizes)])
 
 
 def _rank_offset(n_local: int) -> int:
     if not (dist.is_initialized() and dist.get_world_size() > 1):
         return 0
-    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, torch.tensor([n_local]))
+    sizes = all_gather_host(torch.tensor([n_local]))
     return int(sum(s.item() for s in sizes[: dist.get_rank()]))

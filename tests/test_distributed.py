@@ -44,3 +44,30 @@ def test_zero3_world_size_2_matches_world_size_1(tiny_world, tmp_path):
     assert w1.keys() == w2.keys()
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fail_rank,where", [(1, "generate"), (0, "sync")])
+def test_a_failure_on_one_rank_stops_every_rank(tiny_world, tmp_path, fail_rank, where):
+    """Without agreement the healthy rank would wait in the next collective until the launcher's
+    timeout (here: the subprocess timeout fails the test)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           str(HERE / "_dist_fault_worker.py"), tiny_world["student"], tiny_world["teacher"], tiny_world["train"],
+           str(tmp_path), str(fail_rank), where]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    texts = [(tmp_path / f"rank{i}.txt").read_text() for i in range(2)]
+    for i, text in enumerate(texts):
+        assert text.startswith("aborted at step 2"), (i, text)
+        assert "last intact checkpoint is" in text and "checkpoints/step_1" in text, text
+    cause = "simulated engine crash" if where == "generate" else "simulated shape mismatch"
+    assert cause in texts[fail_rank]
+    other = texts[1 - fail_rank]
+    assert f"on rank {fail_rank} of 2" in other and f"rank {1 - fail_rank} stops with it" in other
+    assert ("the rollout engine failed" if where == "generate" else "weight sync failed") in other
