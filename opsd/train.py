@@ -39,7 +39,15 @@ def main(argv=None) -> int:
 
     trainer = Trainer(cfg)
     try:
-        summary = trainer.setup().train()
+        try:
+            trainer.setup()
+        except (FileNotFoundError, ValueError) as e:  # bad input files / rows / models: the message names them
+            if isinstance(e, ConfigError):
+                raise
+            logging.getLogger("opsd").debug("setup failed", exc_info=True)
+            print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+            return 2
+        summary = trainer.train()
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2

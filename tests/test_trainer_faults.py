@@ -356,3 +356,17 @@ def test_config_errors_exit_2_naming_the_option(tiny_world, tmp_path, capsys, pr
     assert len(errors) == 1 and option in errors[0], err
     assert "Traceback" not in err
     assert hooks.select_tokens is hooks.select_all, "cleanup did not remove the plugin's patch"
+
+
+@pytest.mark.parametrize("case", ["missing_file", "no_prompt_column"])
+def test_cli_bad_data_exits_2_naming_the_file(tiny_world, tmp_path, capsys, case):
+    from opsd.train import main
+
+    path = tmp_path / "prompts.jsonl"
+    if case == "no_prompt_column":
+        path.write_text('{"question": "1+1"}\n')
+    over = [o for o in _overrides(tiny_world, tmp_path / "run", 1) if not o.startswith("data.train_files=")]
+    rc = main(over + [f"data.train_files={path}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(path) in err, err
+    assert ("not found" in err) if case == "missing_file" else ("no column 'prompt'" in err and "data.prompt_field" in err)
