@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from opsd.engine import all_reduce_host
 from opsd.rollout.base import SamplingConfig
 
 
@@ -23,7 +24,5 @@ def accuracy(backend, tokenizer, dataset, reward_fn, max_new_tokens: int = 256, 
         out = backend.generate([it["prompt_ids"] for it in items], sampling)
         texts = tokenizer.batch_decode(out.response_ids, skip_special_tokens=True)
         correct += sum(float(reward_fn(t, items[j]["answer"])) for t, j in zip(texts, out.prompt_index))
-    from opsd.engine import all_reduce_host
-
     tot = all_reduce_host(torch.tensor([correct, float(len(mine))], dtype=torch.float64))
     return (tot[0] / tot[1].clamp_min(1)).item()

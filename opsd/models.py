@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from opsd.config import ConfigError  # a ValueError; `python -m opsd.train` exits 2 with its message
+
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -60,8 +62,6 @@ def check_same_tokenizer(student_tok, teacher_path: str, trust_remote_code: bool
         student = getattr(student_tok, "name_or_path", None) or "(in-memory tokenizer)"
         diff = [f"{t!r}: {s_vocab.get(t)} vs {t_vocab.get(t)}" for t in sorted(set(s_vocab) | set(t_vocab), key=str)
                 if s_vocab.get(t) != t_vocab.get(t)][:5]
-        from opsd.config import ConfigError  # a ValueError: `python -m opsd.train` exits 2 with this line
-
         raise ConfigError(
             f"model.teacher: student {student} and teacher {teacher_path} use different tokenizers "
             f"({len(s_vocab)} vs {len(t_vocab)} tokens; first differences, student id vs teacher id: "

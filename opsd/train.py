@@ -41,9 +41,9 @@ def main(argv=None) -> int:
     try:
         try:
             trainer.setup()
+        except ConfigError:
+            raise
         except (FileNotFoundError, ValueError) as e:  # bad input files / rows / models: the message names them
-            if isinstance(e, ConfigError):
-                raise
             logging.getLogger("opsd").debug("setup failed", exc_info=True)
             print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
             return 2

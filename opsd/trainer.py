@@ -43,10 +43,6 @@ def _seed(*parts) -> int:
     return int(hashlib.sha256(repr(parts).encode()).hexdigest()[:8], 16)
 
 
-def _all_reduce(t: torch.Tensor, op=None) -> torch.Tensor:
-    return all_reduce_host(t, op)
-
-
 def load_reward_fn(spec: Optional[str]):
     """``"module:function"`` -> callable(response_text, answer) -> float."""
     if not spec:
@@ -211,7 +207,7 @@ class Trainer:
                        lr=self.scheduler.get_last_lr()[0],
                        response_len=rollouts.num_response_tokens / max(1, len(rollouts)))
         if rewards is not None:
-            acc = _all_reduce(torch.tensor([sum(rewards), len(rewards)], dtype=torch.float64))
+            acc = all_reduce_host(torch.tensor([sum(rewards), len(rewards)], dtype=torch.float64))
             metrics["accuracy"] = (acc[0] / acc[1].clamp_min(1)).item()
         return metrics
 
@@ -241,7 +237,7 @@ class Trainer:
         except self._FAILURES as e:
             err = e
         if self.world > 1:
-            code = 0 if err is None else 1 + [isinstance(err, c) for c in self._FAILURES].index(True)
+            code = 0 if err is None else 1 if isinstance(err, RolloutEngineError) else 2  # _FAILURES[code - 1]
             codes = [int(c.item()) for c in all_gather_host(torch.tensor([code], dtype=torch.long))]
             failed = [(r, c) for r, c in enumerate(codes) if c]
             if failed and err is None:
@@ -267,7 +263,7 @@ class Trainer:
         mb = self.cfg.engine.micro_batch_size
         slices = [slice(s, s + mb) for s in range(0, len(rollouts), mb)]
         counts = torch.tensor([float(seq["loss_mask"][s].sum()) for s in slices], dtype=torch.float64)
-        counts = _all_reduce(counts)  # (n_micro,) response tokens per micro-batch index, all ranks
+        counts = all_reduce_host(counts)  # (n_micro,) response tokens per micro-batch index, all ranks
         n_step = float(counts.sum())
         metrics = {"empty_responses": seq["num_empty_responses"]}
         if seq["num_empty_responses"]:  # documented skip: such samples contribute no loss position
@@ -295,7 +291,7 @@ class Trainer:
                                    dtype=torch.float64)
             diag_parts.append((sel.diagnostics, float(counts[i]) / n_step))
         self.teacher.load()  # back on the device for the next step's scoring phase (no-op if resident)
-        totals = _all_reduce(totals)
+        totals = all_reduce_host(totals)
         self._on_every_rank(self._sync_weights)
         grad_norm = self.engine.get_global_grad_norm()
         metrics.update(loss=totals[0].item(), reverse_kl=totals[1].item() / n_step, entropy=totals[2].item() / n_step,
@@ -373,7 +369,7 @@ class Trainer:
         ranks, :meth:`_on_every_rank` raises a failure seen by one rank on all of them."""
         try:
             yield
-        except (RolloutEngineError, WeightSyncError) as e:
+        except self._FAILURES as e:
             what = "the rollout engine failed" if isinstance(e, RolloutEngineError) else "weight sync failed"
             raise TrainingAborted(f"{where}: {what}: {e}\nStopped without saving {where}; "
                                   f"{self._resume_hint()}") from e
@@ -434,8 +430,6 @@ def models_vocab(student, teacher, tokenizer) -> int:
 
 def _gather_varlen(x: torch.Tensor) -> torch.Tensor:
     """Concatenate a 1-D tensor of possibly different lengths from every rank, in rank order."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return x
     sizes = all_gather_host(torch.tensor([len(x)]))
     m = int(max(s.item() for s in sizes))
     buf = all_gather_host(torch.cat([x, x.new_zeros(m - len(x))]))

@@ -48,9 +48,10 @@ PLAIN_TEMPLATE = (
 )
 
 
-def build_tiny_tokenizer(chat_template: str = QWEN_STYLE_TEMPLATE) -> PreTrainedTokenizerFast:
-    """Char-level ``PreTrainedTokenizerFast``; eos = ``<|im_end|>``, pad = ``<pad>``."""
-    chars = list(string.printable)  # includes "\n", "\t", " "
+def build_tiny_tokenizer(chat_template: str = QWEN_STYLE_TEMPLATE, chars=None) -> PreTrainedTokenizerFast:
+    """Char-level ``PreTrainedTokenizerFast``; eos = ``<|im_end|>``, pad = ``<pad>``. ``chars``:
+    the characters in id order (default ``string.printable``, which includes "\n", "\t", " ")."""
+    chars = list(string.printable if chars is None else chars)
     vocab = {tok: i for i, tok in enumerate(SPECIAL + ADDED)}
     for ch in chars:
         vocab.setdefault(ch, len(vocab))

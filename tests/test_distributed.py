@@ -13,8 +13,16 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent
 
 
+def _env():
+    """This process's environment without the process-group variables that an in-process trainer
+    test may have set (a child reusing MASTER_PORT would find it taken by this process)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    return {**env, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+
+
 def _run(args, nproc, out):
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    env = _env()
     if nproc == 1:
         cmd = [sys.executable, str(HERE / "_dist_worker.py")]
     else:
@@ -56,7 +64,7 @@ def test_a_failure_on_one_rank_stops_every_rank(tiny_world, tmp_path, fail_rank,
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    env = _env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
            str(HERE / "_dist_fault_worker.py"), tiny_world["student"], tiny_world["teacher"], tiny_world["train"],
            str(tmp_path), str(fail_rank), where]

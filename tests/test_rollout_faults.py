@@ -6,10 +6,11 @@ synced tensors with the vLLM backend's own shape checker (:class:`WeightSyncErro
 GPU exercises (vLLM's sleep mode, CUDA ``load_weights``, TP > 1) is covered by the call order here
 and by ``tests/test_vllm.py`` on CPU for everything else.
 """
-import json
 
 import pytest
 import torch
+
+from _runs import read_metrics as _metrics, run_overrides as _overrides
 
 import opsd.teacher
 import opsd.trainer
@@ -17,14 +18,6 @@ from opsd.rollout import RolloutBackend, RolloutEngineError
 from opsd.rollout.hf import HFGenerateBackend
 from opsd.rollout.vllm_backend import _ShapeChecked
 from opsd.train import main
-
-
-def _overrides(w, out, steps, extra=()):
-    # 4 prompts x 2 samples, micro-batches of 3 -> 3 micro-batches (teacher forwards) per step
-    return [f"model.student={w['student']}", f"model.teacher={w['teacher']}", f"data.train_files={w['train']}",
-            f"train.output_dir={out}", f"train.max_steps={steps}", "train.prompts_per_step=4", "rollout.n=2",
-            "rollout.max_new_tokens=6", "engine.micro_batch_size=3", "optim.lr=0.01", "logging.progress=false",
-            "loss.reward_fn=_rewards:toy_reward", "train.export=false", *extra]
 
 
 class RecordingBackend(RolloutBackend):
@@ -83,8 +76,7 @@ def fake(monkeypatch):
 
 
 def _steps(out):
-    return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()
-            if "loss" in json.loads(line)]
+    return [r["step"] for r in _metrics(out) if "loss" in r]
 
 
 def test_engine_death_at_step_2_stops_cleanly_and_resumes(tiny_world, tmp_path, fake, capsys):

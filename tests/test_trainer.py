@@ -1,24 +1,14 @@
 """End-to-end trainer on tiny random models: loss is Eq. 1 with the default hook, resume
 continues with the same metrics, masked batches are skipped, bad options are named."""
-import json
 
 import pytest
 import torch
 
+from _runs import read_metrics as _metrics, run_overrides as _overrides
+
 from opsd import hooks
 from opsd.config import ConfigError, load_config
 from opsd.train import main
-
-
-def _overrides(w, out, steps, extra=()):
-    return [f"model.student={w['student']}", f"model.teacher={w['teacher']}", f"data.train_files={w['train']}",
-            f"train.output_dir={out}", f"train.max_steps={steps}", "train.prompts_per_step=4", "rollout.n=2",
-            "rollout.max_new_tokens=6", "engine.micro_batch_size=3", "optim.lr=0.01", "logging.progress=false",
-            "loss.reward_fn=_rewards:toy_reward", "train.export=false", *extra]
-
-
-def _metrics(out):
-    return [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_default_hook_loss_is_token_mean_reverse_kl(tiny_world):

@@ -2,7 +2,6 @@
 (logged, weights untouched, the run goes on), reward-weighted distillation follows
 EQUATIONS.md, a batch without any response token is skipped cleanly, tokenizer mismatches are
 refused while padded logit widths are accepted, and config errors exit with code 2."""
-import json
 import logging
 import math
 import shutil
@@ -13,22 +12,12 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from _runs import read_metrics as _metrics, run_overrides as _overrides
+
 from opsd import hooks, models
 from opsd.hooks import TokenSelection
 from opsd.train import main
 from opsd.trainer import Trainer
-
-
-def _overrides(w, out, steps, extra=()):
-    # 4 prompts x 2 samples, micro-batches of 3 -> 3 micro-batches per optimizer step
-    return [f"model.student={w['student']}", f"model.teacher={w['teacher']}", f"data.train_files={w['train']}",
-            f"train.output_dir={out}", f"train.max_steps={steps}", "train.prompts_per_step=4", "rollout.n=2",
-            "rollout.max_new_tokens=6", "engine.micro_batch_size=3", "optim.lr=0.01", "logging.progress=false",
-            "loss.reward_fn=_rewards:toy_reward", "train.export=false", *extra]
-
-
-def _metrics(out):
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
 def _snapshot_weights(monkeypatch):
@@ -229,22 +218,9 @@ def test_fully_masked_batch_is_skipped_with_a_reason(tiny_world, tmp_path, monke
 
 def _tokenizer_with_vocab(chars):
     """The tiny char tokenizer of tests/_tiny_tokenizer.py with the characters in another order."""
-    from tokenizers import Regex, Tokenizer, decoders, models as tk_models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from _tiny_tokenizer import build_tiny_tokenizer
 
-    from _tiny_tokenizer import ADDED, QWEN_STYLE_TEMPLATE, SPECIAL
-
-    vocab = {t: i for i, t in enumerate(SPECIAL + ADDED)}
-    for ch in chars:
-        vocab.setdefault(ch, len(vocab))
-    backend = Tokenizer(tk_models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>",
-                                  eos_token="<|im_end|>", additional_special_tokens=["<|im_start|>"])
-    tok.add_tokens(ADDED)
-    tok.chat_template = QWEN_STYLE_TEMPLATE
-    return tok
+    return build_tiny_tokenizer(chars=chars)
 
 
 @pytest.fixture

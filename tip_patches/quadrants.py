@@ -69,16 +69,16 @@ def diagnostics(stats: TokenStats, quadrant: torch.Tensor, kept: torch.Tensor,
     moments = []
     for x in (stats.entropy, stats.teacher_entropy):
         moments += list(_mean_std(x))
-    flat = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=quadrant.device)
-                        for v in counts + moments]).tolist()  # one device sync for all of them
+    flat = iter(torch.stack([torch.as_tensor(v, dtype=torch.float64, device=quadrant.device)
+                             for v in counts + moments]).tolist())  # one device sync for all of them
     out: Dict[str, float] = {}
     for i in range(1, 5):
-        in_q, kept_q = flat[2 * (i - 1)], flat[2 * (i - 1) + 1]
+        in_q, kept_q = next(flat), next(flat)
         out[f"tip/q{i}_frac"] = Ratio(in_q, n)
         out[f"tip/q{i}_kept"] = Ratio(kept_q, in_q)
-    out["tip/kept_frac"] = Ratio(flat[8], n)
-    for j, name in enumerate(("student_entropy", "teacher_entropy")):
-        out[f"tip/{name}_mean"], out[f"tip/{name}_std"] = flat[9 + 2 * j], flat[10 + 2 * j]
+    out["tip/kept_frac"] = Ratio(next(flat), n)
+    for name in ("student_entropy", "teacher_entropy"):
+        out[f"tip/{name}_mean"], out[f"tip/{name}_std"] = next(flat), next(flat)
     out["tip/entropy_threshold"] = float(entropy_threshold)
     out["tip/divergence_threshold"] = float(divergence_threshold)
     out["tip/num_tokens"] = float(n)
