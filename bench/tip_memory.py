@@ -36,15 +36,15 @@ import _common as C  # noqa: E402
 DEFAULT_RATIOS = "1.0,0.5,0.2,0.1"
 
 # Live (rows, V) float32 buffers, counted in opsd/losses.py (per row of the chunk / of the kept set):
-# statistics pass, inside _kl: student and teacher log-probs, p, the log-ratio, p * ratio, the zeros
-# of torch.where, its output, and the bool mask p > 0 (1/4 of a float32).
-STATS_LIVE = 7.25
+# statistics pass, inside _kl: student and teacher log-probs, p, the log-ratio, p * ratio, the
+# output of torch.where (its 0 is a scalar), and the bool mask p > 0 (1/4 of a float32).
+STATS_LIVE = 6.25
 # grad pass: autograd keeps log-probs, p, the log-ratio and the bool mask of every kept row until
-# backward; the chunk being computed adds its teacher log-probs, p * ratio, zeros, where output.
-GRAD_SAVED, GRAD_CHUNK = 3.25, 4.0
+# backward; the chunk being computed adds its teacher log-probs, p * ratio and the where output.
+GRAD_SAVED, GRAD_CHUNK = 3.25, 3.0
 # with loss.recompute_chunks: nothing vocabulary-wide is kept per row; backward re-runs one chunk
 # at a time (its forward buffers plus the gradients of log-probs, p and the log-ratio).
-RECOMPUTE_SAVED, RECOMPUTE_CHUNK = 0.0, 7.25
+RECOMPUTE_SAVED, RECOMPUTE_CHUNK = 0.0, 6.25
 
 
 def child(args) -> None:
