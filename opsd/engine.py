@@ -45,6 +45,25 @@ def init_distributed(device: torch.device) -> None:
         torch.cuda.set_device(device)
 
 
+def shutdown_distributed(barrier: bool = True) -> None:
+    """Tear down the process group before the interpreter exits (``opsd.train`` and every
+    multi-process child call this last).
+
+    Why: left to interpreter exit, the C++ destructors of the gloo process group and of rank 0's
+    TCPStore server run during finalization while their background threads can still be joinable,
+    and the process aborts ("terminate called without an active exception", SIGABRT) after a
+    successful run -- a non-zero exit that breaks launch scripts and schedulers. ``barrier``: wait
+    until every rank is done first (after a clean run), so that no rank takes the store down while
+    another still uses it; skip it after a failure, when a peer may never arrive."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if barrier and dist.get_world_size() > 1:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
 def comm_device() -> torch.device:
     """Where a tensor must live for the default process group to communicate it: the current GPU
     under NCCL (which cannot send CPU tensors), the CPU under gloo. Host-side bookkeeping

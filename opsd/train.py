@@ -35,9 +35,14 @@ def main(argv=None) -> int:
 
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
-    from opsd.trainer import Trainer, TrainingAborted
+    from opsd.trainer import Trainer
 
-    trainer = Trainer(cfg)
+    return _run(Trainer(cfg))
+
+
+def _run(trainer) -> int:
+    from opsd.trainer import TrainingAborted
+
     try:
         try:
             trainer.setup()
@@ -62,5 +67,20 @@ def main(argv=None) -> int:
     return 0
 
 
+def cli(argv=None) -> int:
+    """The process entry point (``python -m opsd.train``, ``opsd-train``, each rank under torchrun /
+    deepspeed): :func:`main`, then an orderly teardown of the process group, so that a finished
+    run exits with its own code (see :func:`opsd.engine.shutdown_distributed`). :func:`main` alone
+    leaves the group up for callers that train again in the same process."""
+    from opsd.engine import shutdown_distributed
+
+    rc = 1
+    try:
+        rc = main(argv)
+    finally:  # no barrier after a failure: a peer may never arrive
+        shutdown_distributed(barrier=rc == 0)
+    return rc
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -163,7 +163,9 @@ def _worker(out_dir: str) -> None:
            "diffs": {k: (got1[k] - v).abs().max().item() for k, v in ref.state_dict().items() if k in got1},
            "changed": any(not torch.equal(got0[k], got1[k]) for k in got0)}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(res))
-    torch.distributed.barrier()
+    from opsd.engine import shutdown_distributed
+
+    shutdown_distributed()  # barrier + destroy: without it rank 0 could abort at exit (SIGABRT)
 
 
 if __name__ == "__main__":
