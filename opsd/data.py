@@ -125,6 +125,34 @@ def load_prompt_dataset(
         raise ValueError(f"prompt files {files} have incompatible row types: {err}") from err
 
 
+class EpisodeRows:
+    """Agentic episodes: every row of the data files with all of its columns (the environment
+    reads them), plus ``source_file`` and ``source_row``; ``batch(indices)`` like
+    :class:`PromptDataset`."""
+
+    def __init__(self, rows: List[dict]):
+        self.rows = rows
+
+    @classmethod
+    def from_files(cls, files: Union[str, Sequence[str]], cache_dir: Optional[str] = None) -> "EpisodeRows":
+        rows = []
+        for path in resolve_data_files(files):
+            for i, row in enumerate(_load_file(path, cache_dir)):
+                rows.append({**row, "source_file": path, "source_row": i})
+        if not rows:
+            raise ValueError(f"episode files {list(files) if not isinstance(files, str) else files} hold no rows")
+        return cls(rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.rows[i]
+
+    def batch(self, indices: Sequence[int]) -> List[dict]:
+        return [self.rows[i] for i in indices]
+
+
 def _load_file(path: str, cache_dir: Optional[str]):
     """One file through ``datasets.load_dataset`` (local packaged builder, no Hub access)."""
     from datasets import load_dataset
@@ -546,24 +574,45 @@ def clean_response(response_ids: Sequence[int], pad_id: int, eos_id: Optional[in
 
 
 def build_sequences(prompt_ids_list: Sequence[Sequence[int]], response_ids_list: Sequence[Sequence[int]],
-                    pad_id: int, eos_id: Optional[int] = None) -> Dict[str, Any]:
+                    pad_id: int, eos_id: Optional[int] = None,
+                    response_masks: Optional[Sequence[Sequence[int]]] = None,
+                    token_groups: Optional[Sequence[Sequence[int]]] = None) -> Dict[str, Any]:
     """Right-padded prompt+response batch with the shifted loss mask (module docstring).
 
     Returns ``input_ids``, ``target_ids`` (long), ``attention_mask`` (long), ``loss_mask`` (bool),
     all ``(B, L)``; ``prompt_lengths`` and ``response_lengths`` ``(B,)`` (response after
     :func:`clean_response`); ``num_empty_responses`` (int): samples whose response is empty or all
-    padding; they have no loss position and the trainer logs them as skipped.
+    padding, or (agentic) has no sampled token; they have no loss position and the trainer logs
+    them as skipped.
+
+    ``response_masks`` (agentic episodes): per response token 1 = sampled by the student (trained),
+    0 = inserted (tool responses, template glue; context only). The responses are then used as
+    given -- an episode holds one end-of-turn token per turn, so nothing is cut at the first EOS.
+    ``token_groups`` (optional, same shapes): an int label per response token (e.g. its role),
+    returned as ``token_groups (B, L)`` on the same shifted positions as ``loss_mask``.
     """
     if len(prompt_ids_list) != len(response_ids_list):
         raise ValueError(f"{len(prompt_ids_list)} prompts but {len(response_ids_list)} responses")
-    ids, trained, prompt_lens, response_lens = [], [], [], []
-    for prompt, response in zip(prompt_ids_list, response_ids_list):
-        response = clean_response(response, pad_id, eos_id)
+    ids, trained, groups, prompt_lens, response_lens = [], [], [], [], []
+    for b, (prompt, response) in enumerate(zip(prompt_ids_list, response_ids_list)):
+        if response_masks is None:
+            response = clean_response(response, pad_id, eos_id)
+            flags = [1] * len(response)
+        else:
+            response, flags = [int(t) for t in response], [int(f) for f in response_masks[b]]
+            if len(flags) != len(response):
+                raise ValueError(f"sample {b}: response mask length {len(flags)} != response length {len(response)}")
         ids.append([int(t) for t in prompt] + response)
-        trained.append([0] * len(prompt) + [1] * len(response))
+        trained.append([0] * len(prompt) + flags)
+        if token_groups is not None:
+            groups.append(shift_token_mask([0] * len(prompt) + [int(g) for g in token_groups[b]]))
         prompt_lens.append(len(prompt))
-        response_lens.append(len(response))
+        response_lens.append(len(response) if response_masks is None else sum(flags))
     batch = pad_batch(ids, [shift_token_mask(t) for t in trained], pad_id)
+    if token_groups is not None:
+        batch["token_groups"] = torch.zeros_like(batch["input_ids"])  # (B, L)
+        for b, g in enumerate(groups):
+            batch["token_groups"][b, :len(g)] = torch.tensor(g, dtype=torch.long)
     batch["prompt_lengths"] = torch.tensor(prompt_lens, dtype=torch.long)  # (B,)
     batch["response_lengths"] = torch.tensor(response_lens, dtype=torch.long)  # (B,)
     batch["num_empty_responses"] = sum(n == 0 for n in response_lens)

@@ -29,9 +29,12 @@ class TokenStats:
     - ``sample_index``: which sequence of the micro-batch each token belongs to (int64)
     - ``position``: position of the token inside its response (int64)
     - ``teacher_topk_kl``: optional KL(q~_T || pi_S) over the teacher's renormalized top-k
-      (adaptive-KL variant); ``None`` unless the loss config asks for it
+      (adaptive-KL variant); ``None`` unless the hook asks for it (``needs_topk_kl``, below)
     - ``process_group``: the data-parallel group, for selectors that reduce statistics across
       ranks (``None`` = the default group when torch.distributed is initialized)
+    - ``token_group``: optional int label per token (agentic rollouts: the token's role, e.g. tool
+      call / free text / final answer), with ``group_names`` {label: name}; selectors may report
+      their diagnostics per group
     """
 
     entropy: torch.Tensor
@@ -42,6 +45,8 @@ class TokenStats:
     position: Optional[torch.Tensor] = None
     teacher_topk_kl: Optional[torch.Tensor] = None
     process_group: Optional[object] = None
+    token_group: Optional[torch.Tensor] = None
+    group_names: Optional[dict] = None
 
     @property
     def num_tokens(self) -> int:
@@ -106,6 +111,11 @@ def select_all(stats: TokenStats) -> TokenSelection:
 
 
 select_all.selector_name = "all"  # type: ignore[attr-defined]
+# Optional flags a hook may carry (read by opsd.distill.DistillModule):
+# - keeps_all_tokens: it returns every token with weight 1 whatever the statistics, so with
+#   loss.impl=fused the statistics come out of the loss pass (one pass over the vocabulary);
+# - needs_topk_kl: it reads stats.teacher_topk_kl (a top-k over V per token, otherwise skipped).
+select_all.keeps_all_tokens = True  # type: ignore[attr-defined]
 
 # The live hook. Always call it as ``hooks.select_tokens(stats)`` so a patch takes effect.
 select_tokens: Callable[[TokenStats], TokenSelection] = select_all

@@ -13,6 +13,7 @@ import torch
 
 from _fakes import FixedRollouts
 from opsd.config import load_config
+from opsd.engine import shutdown_distributed
 from opsd.trainer import Trainer
 
 
@@ -27,18 +28,26 @@ def main():
     tr = Trainer(cfg).setup()
     vocab = [i for i in range(10, 60)]
     tr.backend = FixedRollouts(vocab, tr.tokenizer.eos_token_id)
+    if tr.agent is not None:  # agentic episodes: a scripted policy, identical on every rank
+        from _agent_fakes import ScriptedBackend, lookup_policy
+
+        tr.agent.backend = ScriptedBackend(tr.tokenizer, lookup_policy)
     tr.save = lambda: None  # this test compares the updates, not checkpoints
-    losses = []
+    losses, metrics = [], []
     while tr.step < cfg.train.max_steps:
         m = tr.train_step()
         tr.step += 1
         losses.append(m["loss"])
+        metrics.append(m)
     state = {n: t.detach().clone() for n, t in tr.named_student_weights()}
     if tr.rank == 0:
         torch.save(state, os.path.join(out, "weights.pt"))
         with open(os.path.join(out, "losses.json"), "w") as f:
             json.dump(losses, f)
+        with open(os.path.join(out, "metrics.json"), "w") as f:
+            json.dump(metrics, f)
     tr.cleanup()
+    shutdown_distributed()  # an orderly teardown, or rank 0 may abort at exit (opsd.engine)
 
 
 if __name__ == "__main__":

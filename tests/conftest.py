@@ -41,20 +41,33 @@ def write_prompts(path, n, seed=0):
     return str(path)
 
 
+def save_pair(root, tok, seeds):
+    """A 1-layer student and a wider 2-layer teacher (different logit widths) sharing ``tok``."""
+    for name, kw in {"student": dict(hidden=32, layers=1, seed=seeds[0]),
+                     "teacher": dict(hidden=48, layers=2, seed=seeds[1], vocab_pad=16)}.items():
+        model = make_tiny_lm(tok, **kw)
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    return root
+
+
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """Folders ``student``, ``teacher`` (same tokenizer, different widths) and prompt files."""
     from _tiny_tokenizer import build_tiny_tokenizer
 
-    root = tmp_path_factory.mktemp("world")
-    tok = build_tiny_tokenizer()
-    for name, kw in {"student": dict(hidden=32, layers=1, seed=1),
-                     "teacher": dict(hidden=48, layers=2, seed=2, vocab_pad=16)}.items():
-        model = make_tiny_lm(tok, **kw)
-        model.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
+    root = save_pair(tmp_path_factory.mktemp("world"), build_tiny_tokenizer(), seeds=(1, 2))
     return {"root": root, "student": str(root / "student"), "teacher": str(root / "teacher"),
             "train": write_prompts(root / "train.jsonl", 64, seed=0),
             "heldout": write_prompts(root / "heldout.jsonl", 16, seed=1)}
 
 
+@pytest.fixture(scope="session")
+def agent_world(tmp_path_factory):
+    """Tiny student/teacher sharing the tool-calling BPE tokenizer of ``_agent_fakes``, and
+    episode rows for its key-value environment."""
+    from _agent_fakes import build_tool_tokenizer, write_rows
+
+    root = save_pair(tmp_path_factory.mktemp("agent_world"), build_tool_tokenizer(), seeds=(3, 4))
+    return {"root": root, "student": str(root / "student"), "teacher": str(root / "teacher"),
+            "train": write_rows(root / "train.jsonl", 16), "heldout": write_rows(root / "heldout.jsonl", 8)}

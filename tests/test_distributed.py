@@ -21,7 +21,7 @@ def _env():
     return {**env, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
 
 
-def _run(args, nproc, out):
+def _run(args, nproc, out, extra=()):
     env = _env()
     if nproc == 1:
         cmd = [sys.executable, str(HERE / "_dist_worker.py")]
@@ -33,7 +33,7 @@ def _run(args, nproc, out):
             port = sock.getsockname()[1]
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
                str(HERE / "_dist_worker.py")]
-    r = subprocess.run(cmd + args + [str(out)], env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(cmd + args + [str(out), *extra], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     return json.loads((out / "losses.json").read_text()), torch.load(out / "weights.pt")
 
@@ -50,6 +50,22 @@ def test_zero3_world_size_2_matches_world_size_1(tiny_world, tmp_path):
         assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
     assert l1[0] != pytest.approx(l1[2])  # the weights moved between steps
     assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_zero3_agentic_world_size_2_matches_world_size_1(agent_world, tmp_path):
+    """The same on multi-turn tool-calling episodes (tool turns inserted, masked out of the loss)."""
+    args = [agent_world["student"], agent_world["teacher"], agent_world["train"], "rollout.environment=_agent_fakes:KeyValueEnv",
+            "rollout.max_turns=3", "rollout.max_new_tokens=80", "rollout.max_episode_tokens=300"]
+    (tmp_path / "w1").mkdir(), (tmp_path / "w2").mkdir()
+    l1, w1 = _run(args[:3], 1, tmp_path / "w1", args[3:])
+    l2, w2 = _run(args[:3], 2, tmp_path / "w2", args[3:])
+    print("agentic losses ws=1", l1, "ws=2", l2)
+    for a, b in zip(l1, l2):
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
+    assert l1[0] != pytest.approx(l1[2])
     for k in w1:
         torch.testing.assert_close(w1[k], w2[k], atol=1e-5, rtol=1e-4)
 

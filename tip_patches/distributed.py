@@ -36,7 +36,8 @@ def as_float(stats: TokenStats) -> TokenStats:
     process and an all-gather see bit-identical values."""
     dtype = torch.float64 if any(getattr(stats, f).dtype == torch.float64 for f in FIELDS) else torch.float32
     vals = {f: getattr(stats, f).detach().to(dtype) for f in FIELDS}
-    return TokenStats(**vals, process_group=stats.process_group)
+    return TokenStats(**vals, process_group=stats.process_group, token_group=stats.token_group,
+                      group_names=stats.group_names)
 
 
 def _all_gather(t: torch.Tensor, group, world: int) -> List[torch.Tensor]:
@@ -51,16 +52,20 @@ def gather_stats(stats: TokenStats) -> Tuple[TokenStats, int]:
     group, world, rank = group_info(stats)
     if world == 1:
         return stats, 0
-    local = torch.stack([getattr(stats, f) for f in FIELDS], dim=1)  # (N, 4)
+    cols = [getattr(stats, f) for f in FIELDS]
+    if stats.token_group is not None:  # token roles ride along as a fifth column (exact as floats)
+        cols.append(stats.token_group.to(cols[0].dtype))
+    local = torch.stack(cols, dim=1)  # (N, 4 or 5)
     sizes = _all_gather(torch.tensor([local.shape[0]], device=local.device), group, world)
     sizes = [int(s) for s in sizes]
-    pad = local.new_zeros(max(sizes), len(FIELDS))  # (N_max, 4): all_gather needs equal shapes
+    pad = local.new_zeros(max(sizes), local.shape[1])  # (N_max, 4|5): all_gather needs equal shapes
     pad[: local.shape[0]] = local
     parts = [p[:n] for p, n in zip(_all_gather(pad, group, world), sizes)]
     full = torch.cat(parts)  # (N_global, 4)
     # contiguous columns: reductions over them then run in the same order as in one process
     glob = TokenStats(**{f: full[:, i].contiguous() for i, f in enumerate(FIELDS)},
-                      process_group=stats.process_group)
+                      process_group=stats.process_group, group_names=stats.group_names,
+                      token_group=full[:, len(FIELDS)].long() if stats.token_group is not None else None)
     return glob, sum(sizes[:rank])
 
 

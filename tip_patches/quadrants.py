@@ -83,3 +83,28 @@ def diagnostics(stats: TokenStats, quadrant: torch.Tensor, kept: torch.Tensor,
     out["tip/divergence_threshold"] = float(divergence_threshold)
     out["tip/num_tokens"] = float(n)
     return out
+
+
+@torch.no_grad()
+def group_diagnostics(group: torch.Tensor, names: Dict[int, str], quadrant: torch.Tensor,
+                      kept: torch.Tensor) -> Dict[str, float]:
+    """Quadrant shares per token group (agentic rollouts: per token role), so a user sees where
+    Q3 tokens sit: ``tip/{name}/q{i}_frac`` (share of the group's tokens in Qi),
+    ``tip/{name}/kept_frac`` and ``tip/{name}/frac`` (the group's share of all tokens); all
+    :class:`opsd.hooks.Ratio`. ``group``: ``(N,)`` int labels; labels without a name are skipped."""
+    rows = []
+    for label in names:
+        in_g = group == int(label)
+        rows.append(torch.stack([in_g.sum(), (in_g & kept).sum()] +
+                                [(in_g & (quadrant == i)).sum() for i in range(1, 5)]))
+    if not rows:
+        return {}
+    counts = torch.stack(rows).tolist()  # one device sync
+    n = quadrant.numel()
+    out: Dict[str, float] = {}
+    for name, (tot, kept_n, *per_q) in zip(names.values(), counts):
+        out[f"tip/{name}/frac"] = Ratio(tot, n)
+        out[f"tip/{name}/kept_frac"] = Ratio(kept_n, tot)
+        for i, c in enumerate(per_q, start=1):
+            out[f"tip/{name}/q{i}_frac"] = Ratio(c, tot)
+    return out

@@ -222,6 +222,8 @@ def _diagnostics(glob, h_hat, d_hat, picked: Picked, mode, eth, dth) -> Dict[str
     kept = torch.zeros_like(quad, dtype=torch.bool)
     kept[picked.indices] = True
     diag = quadrants.diagnostics(glob, quad, kept, th_h, th_d)
+    if glob.token_group is not None:
+        diag.update(quadrants.group_diagnostics(glob.token_group, glob.group_names or {}, quad, kept))
     if picked.weights is not None:
         diag["tip/weight_mean"] = float(picked.weights.mean())
         diag["tip/weight_max"] = float(picked.weights.max())

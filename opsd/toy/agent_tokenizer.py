@@ -1,0 +1,129 @@
+"""The agentic toy world's character-level tokenizer, with a tool-aware chat template.
+
+Separate from :mod:`opsd.toy.tokenizer` (the math world's ids stay as they are). One token per
+character of ALPHABET (printable ASCII: JSON tool calls and the loop's error texts fit) plus
+Qwen-style control tokens, split off before the per-character pre-tokenizer runs.
+
+Token ids (stable, the models depend on them)::
+
+    0 <|endoftext|> pad   1 <|im_start|>   2 <|im_end|> eos   3 <think>   4 </think>   5 <unk>
+    6 <tool_call>   7 </tool_call>   8 <tool_response>   9 </tool_response>
+    10.. the characters of ALPHABET, in order
+
+The four tool markers are single tokens, added as non-special tokens like Qwen3's (so
+``decode(skip_special_tokens=True)`` keeps a call readable).
+
+Chat template, the shape of Qwen3's tool template made compact for a character-level model:
+
+- ``tools=`` -> a system turn listing one signature per tool, ``name(arg,arg)``, after the
+  system message's content when there is one;
+- an assistant turn is ``<|im_start|>assistant\\n{content}{tool calls}<|im_end|>\\n``; structured
+  ``tool_calls`` render as ``<tool_call>{"name":..,"arguments":{..}}</tool_call>`` (compact JSON, as
+  the models write them);
+- consecutive ``tool`` messages merge into one user turn, each wrapped in
+  ``<tool_response>...</tool_response>``, joined by a newline;
+- the generation prompt is ``<|im_start|>assistant\\n``; ``enable_thinking=False`` appends an empty
+  ``<think>\\n\\n</think>\\n\\n`` as in Qwen3 (the models are trained on both).
+
+Assistant turns sit in ``{% generation %}`` so ``return_assistant_tokens_mask=True`` works.
+"""
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+from opsd.toy.tokenizer import EOS, END_THINK, IM_START, PAD, THINK, UNK
+
+TOOL_CALL, END_TOOL_CALL, TOOL_RESPONSE, END_TOOL_RESPONSE = (
+    "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
+SPECIAL_TOKENS = [PAD, IM_START, EOS, THINK, END_THINK, UNK]
+TOOL_TOKENS = [TOOL_CALL, END_TOOL_CALL, TOOL_RESPONSE, END_TOOL_RESPONSE]
+ALPHABET = "\n " + string.digits + string.ascii_lowercase + string.ascii_uppercase + string.punctuation
+
+CHAT_TEMPLATE = (
+    "{%- set start = 1 if messages and messages[0]['role'] == 'system' else 0 %}"
+    "{%- if tools or start %}"
+    "{{- '<|im_start|>system\\n' }}"
+    "{%- if start %}{{- messages[0]['content'] }}{%- if tools %}{{- '\\n' }}{%- endif %}{%- endif %}"
+    "{%- if tools %}"
+    "{{- '# tools' }}"
+    "{%- for tool in tools %}"
+    "{%- set fn = tool['function'] if tool['function'] is defined else tool %}"
+    "{%- set props = (fn['parameters'] or {}).get('properties', {}) if fn['parameters'] is defined else {} %}"
+    "{{- '\\n' + fn['name'] + '(' + (props | list | join(',')) + ')' }}"
+    "{%- endfor %}"
+    "{%- endif %}"
+    "{{- '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages[start:] %}"
+    "{%- if message['role'] == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- generation %}"
+    "{{- message['content'] or '' }}"
+    "{%- for call in message['tool_calls'] or [] %}"
+    "{%- set call = call['function'] if call['function'] is defined else call %}"
+    "{{- '<tool_call>{\"name\":' + (call['name'] | tojson) + ',\"arguments\":' }}"
+    "{%- if call['arguments'] is string %}{{- call['arguments'] }}"
+    "{%- else %}{{- call['arguments'] | tojson(separators=(',', ':')) }}{%- endif %}"
+    "{{- '}</tool_call>' }}"
+    "{%- endfor %}"
+    "{{- '<|im_end|>' }}"
+    "{%- endgeneration %}"
+    "{{- '\\n' }}"
+    "{%- elif message['role'] == 'tool' %}"
+    "{%- set prev = messages[start:][loop.index0 - 1]['role'] if not loop.first else '' %}"
+    "{%- if prev != 'tool' %}{{- '<|im_start|>user\\n' }}{%- else %}{{- '\\n' }}{%- endif %}"
+    "{{- '<tool_response>' + message['content'] + '</tool_response>' }}"
+    "{%- if loop.last or messages[start:][loop.index0 + 1]['role'] != 'tool' %}{{- '<|im_end|>\\n' }}{%- endif %}"
+    "{%- else %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}"
+    "{%- endif %}"
+)
+
+
+def vocab() -> dict:
+    """token -> id: control tokens, tool markers, then the characters."""
+    return {tok: i for i, tok in enumerate(SPECIAL_TOKENS + TOOL_TOKENS + list(ALPHABET))}
+
+
+def padded_vocab_size(multiple: int = 64) -> int:
+    """The models' embedding rows: the vocab rounded up, so matmuls get aligned widths."""
+    n = len(vocab())
+    return (n + multiple - 1) // multiple * multiple
+
+
+def build_tokenizer():
+    """The tokenizer as a ``PreTrainedTokenizerFast`` (in memory)."""
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordLevel(vocab=vocab(), unk_token=UNK))
+    # One pre-token per character ([\s\S] also matches newlines); Fuse joins them on decode.
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    backend.add_special_tokens(SPECIAL_TOKENS)
+    # Tool markers: matched whole before pre-tokenization, but not "special" (as in Qwen3).
+    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_TOKENS])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD, eos_token=EOS, unk_token=UNK,
+        extra_special_tokens=[IM_START, THINK, END_THINK],
+        chat_template=CHAT_TEMPLATE,
+        padding_side="left",  # generation pads on the left; training code pads explicitly
+        clean_up_tokenization_spaces=False,
+        model_max_length=1024,
+    )
+
+
+def save_tokenizer(out_dir) -> str:
+    """Write the tokenizer folder (tokenizer.json, tokenizer_config.json, chat_template.jinja)."""
+    build_tokenizer().save_pretrained(str(Path(out_dir)))
+    return str(out_dir)
