@@ -47,7 +47,8 @@ class BenchmarkSpec:
     ``relpath`` is under the data root (``root="data"``) or the toy folder (``root="toy"``:
     ``$OPSD_TOY_DIR``, default ``artifacts/toy``);
     ``answer_type`` is ``math`` | ``integer`` (see ``eval.grading``) | ``toy`` (graded by the toy
-    task); ``int_range`` bounds integer golds (AIME: 0-999) and is checked at load time.
+    task) | ``deepplanning`` (agent episodes, see ``eval.deepplanning.evaluate``); ``int_range``
+    bounds integer golds (AIME: 0-999) and is checked at load time.
     """
 
     name: str
@@ -80,6 +81,10 @@ BENCHMARKS: Dict[str, BenchmarkSpec] = {
                       paper_name="MATH-DAPO"),
         BenchmarkSpec("toy", "heldout.jsonl", "prompt", "answer", "id", "toy",
                       "plain", root="toy", max_new_tokens=64),
+        # The held-out 20 % of the DeepPlanning travel tasks (Table 7), written by eval.prepare; played
+        # as agent episodes and scored by eval.deepplanning (the "answer" is the task id).
+        BenchmarkSpec("deepplanning_travel", "deepplanning/travel_test.jsonl", "query", "id", "id",
+                      "deepplanning", "plain", paper_name="DeepPlanning Travel"),
     ]
 }
 
@@ -160,6 +165,9 @@ def _missing_message(spec: BenchmarkSpec, path: Path) -> str:
     if spec.root == "toy":
         return (f"benchmark {spec.name!r}: {path} not found; build the toy world first "
                 f"(python -m opsd.toy.build --out artifacts/toy) or set ${TOY_ENV}")
+    if spec.name == "deepplanning_travel":
+        return (f"benchmark 'deepplanning_travel': {path} not found; run `python -m eval.prepare` to write "
+                "the DeepPlanning travel split")
     if spec.name == "dapo":
         return (f"benchmark 'dapo': {path} not found; run `python -m eval.prepare` to write the "
                 "DAPO train/validation split")

@@ -6,7 +6,9 @@ can be compared problem by problem (:func:`paired_difference`).
 
 - ``mean@k`` (the paper's mean@16): the expected accuracy of one sample, c/n per problem. It is
   the same unbiased estimate for every k <= n, so it is reported once, as mean@n.
-- ``pass@k``: the unbiased estimator of Chen et al. (2021), 1 - C(n-c, k) / C(n, k), k <= n.
+- ``pass@k``: the unbiased estimator of Chen et al. (2021), 1 - C(n-c, k) / C(n, k), k <= n;
+  for fractional scores (DeepPlanning) the expected best of k samples (:func:`expected_max_at_k`),
+  so pass@n is Best@n there and mean@n is Avg@n.
 - ``maj@k``: majority vote over k samples' extracted answers (samples with no answer abstain; a
   tie counts the fraction of tied answers that are correct, i.e. a uniform random tie-break).
   k = n is exact; for k < n it is the mean over k-subsets: all of them when there are at most
@@ -79,6 +81,16 @@ def pass_at_k_single(n: int, c: int, k: int) -> float:
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
+def expected_max_at_k(scores: Sequence[float], k: int) -> float:
+    """E[max of k of the n scores drawn without replacement] = sum_i s_(i) C(i-1, k-1) / C(n, k)
+    over the ascending scores s_(1..n); for 0/1 scores this is pass@k, at k = n it is the best
+    sample (DeepPlanning's Best@k)."""
+    n = len(scores)
+    _check_k(n, k)
+    ordered = sorted(scores)
+    return sum(s * math.comb(i - 1, k - 1) for i, s in enumerate(ordered, 1)) / math.comb(n, k)
+
+
 def majority_score(keys: Sequence[Optional[str]], correct: Sequence[bool]) -> float:
     """Score of a majority vote over these samples (abstentions ignored, ties split evenly)."""
     votes = Counter(k for k in keys if k is not None)
@@ -116,8 +128,9 @@ def per_problem(correct: Sequence[Sequence[bool]], metric: str, k: int,
         for c in correct:
             _check_k(len(c), k)
         return [sum(c) / len(c) for c in correct]
-    if metric == "pass":
-        return [pass_at_k_single(len(c), sum(c), k) for c in correct]
+    if metric == "pass":  # fractional scores (DeepPlanning): the expected best of k samples
+        return [pass_at_k_single(len(c), sum(c), k) if all(v in (0, 1) for v in c) else expected_max_at_k(c, k)
+                for c in correct]
     if metric == "maj":
         if keys is None:
             raise ValueError("maj@k needs the samples' answer keys")

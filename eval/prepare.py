@@ -43,6 +43,8 @@ DAPO_HUB = HubSource("BytedTsinghua-SIA/DAPO-Math-17k", "train")
 # Files copied/downloaded: benchmark name -> (relative path, hub source)
 SOURCE_FILES = {name: (spec.relpath, spec.hub) for name, spec in BENCHMARKS.items() if spec.hub}
 SOURCE_FILES["dapo"] = (DAPO_RELPATH, DAPO_HUB)
+# DeepPlanning travel queries (local copy only): + the tool schema and the 80/20 split (eval.deepplanning.data)
+SOURCE_FILES["deepplanning"] = ("DeepPlanning/travelplanning/travelplanning_query_en.json", None)
 
 
 class PrepareError(RuntimeError):
@@ -206,10 +208,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--source", default=str(DEFAULT_SOURCE), help="local copy (default ../shared/data)")
     p.add_argument("--hub", action="store_true", help="download from the Hugging Face Hub")
     p.add_argument("--only", default=",".join(SOURCE_FILES), help="comma-separated subset")
-    p.add_argument("--seed", type=int, default=0, help="DAPO split seed")
+    p.add_argument("--seed", type=int, default=0, help="DAPO and DeepPlanning split seed")
     p.add_argument("--val-fraction", type=float, default=0.2, help="DAPO validation fraction")
     p.add_argument("--dedup", choices=["normalized", "exact"], default="normalized")
     p.add_argument("--force", action="store_true", help="re-copy files that already exist")
+    p.add_argument("--deepplanning-db", default=None,
+                   help="check this DeepPlanning database folder (id_<N>/ per task) against the queries")
     return p.parse_args(argv)
 
 
@@ -223,12 +227,25 @@ def main(argv: Optional[List[str]] = None) -> None:
             path = fetch(name, root, source, args.hub, args.force)
         except PrepareError as e:
             raise SystemExit(f"error: {e}") from e
+        if name == "deepplanning":  # a JSON list, not rows: eval.deepplanning.data reads it
+            from eval.deepplanning.data import TaskDataError, prepare_travel
+
+            try:
+                print(prepare_travel(path, root, source, args.seed, args.force))
+            except TaskDataError as e:
+                raise SystemExit(f"error: {e}") from e
+            continue
         print(f"{name}: {path} ({len(read_rows(path))} rows, sha256 {file_sha256(path)[:12]}…)")
         if name == "dapo":
             info = prepare_dapo(path, root / "dapo", args.seed, args.val_fraction, args.dedup)
             print(f"dapo split: {info.train} train / {info.validation} validation from "
                   f"{info.source_rows} rows ({info.distinct_prompts} distinct, "
                   f"{info.dropped_conflicting} dropped for conflicting answers) -> {root / 'dapo'}")
+    if args.deepplanning_db:
+        from eval.deepplanning.data import check_database_cli
+
+        if check_database_cli(args.deepplanning_db, root, source):
+            raise SystemExit(1)
 
 
 if __name__ == "__main__":

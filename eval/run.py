@@ -228,6 +228,10 @@ def run_batch(batch: List[Problem], bench: Benchmark, settings: Dict[str, Any], 
 def evaluate_benchmark(name: str, results: Dict[str, Any], args: RunArgs, backend, tokenizer,
                        grader: Grader) -> Dict[str, Any]:
     bench = load_benchmark(name, args.data_dir, args.limit)
+    if bench.spec.answer_type == "deepplanning":  # multi-turn agent episodes with tools
+        from eval.deepplanning.evaluate import evaluate_travel
+
+        return evaluate_travel(bench, results, args, backend, tokenizer)
     settings = {"template": resolve_template(args.template or bench.spec.template),
                 "max_new_tokens": args.max_new_tokens or bench.spec.max_new_tokens}
     entry = benchmark_entry(results, name, bench.version, str(bench.path), settings,
@@ -343,8 +347,14 @@ def preflight(args: RunArgs) -> None:
     results = open_results(Path(args.out), eval_config(args), args.tags, args.overwrite)
     for name in args.bench:
         bench = load_benchmark(name, args.data_dir, args.limit)
-        settings = {"template": resolve_template(args.template or bench.spec.template),
-                    "max_new_tokens": args.max_new_tokens or bench.spec.max_new_tokens}
+        if bench.spec.answer_type == "deepplanning":
+            from eval.deepplanning.evaluate import agent_settings, make_env
+
+            make_env(args).close()  # the travel database and tool schema are there
+            settings = agent_settings(bench, args)
+        else:
+            settings = {"template": resolve_template(args.template or bench.spec.template),
+                        "max_new_tokens": args.max_new_tokens or bench.spec.max_new_tokens}
         benchmark_entry(results, name, bench.version, str(bench.path), settings,
                         len(bench.problems), Path(args.out))
 

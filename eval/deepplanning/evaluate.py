@@ -1,0 +1,119 @@
+"""``eval.run --bench deepplanning_travel``: the model as an agent on the held-out travel tasks.
+
+    OPSD_DATA_DIR=data DEEPPLANNING_DB=/data/database_en \\
+        python -m eval.run --model runs/x/export --bench deepplanning_travel --n 16 --backend vllm \\
+        --enable-thinking true --out results.json
+
+Each task of ``deepplanning/travel_test.jsonl`` (the held-out 20 %, see
+:mod:`eval.deepplanning.data`) is played ``--n`` times through the agent loop
+(:func:`opsd.rollout.agent.run_episodes`) in :class:`~eval.deepplanning.env.TravelPlanningEnv`.
+A sample's ``correct`` is its reward, the fraction of the task's personalized constraints
+satisfied, so the usual metrics read as Table 7's: ``mean@n`` = Avg@n, ``pass@n`` = Best@n
+(:func:`eval.metrics.expected_max_at_k`). The other sub-scores (commonsense, composite, case
+accuracy, official 0/1) are averaged into the entry's metrics too; each sample keeps its scores,
+failures and parse problems.
+
+Agent limits (recorded in the benchmark's settings, so a resumed run uses the same):
+``--max-new-tokens`` per assistant turn (default 8192), ``$DEEPPLANNING_MAX_TURNS`` (default 40)
+and ``$DEEPPLANNING_MAX_EPISODE_TOKENS`` (default 32768). Resuming works as for the math
+benchmarks: the file is rewritten after every batch of tasks and finished tasks are skipped.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Dict, List
+
+from eval import metrics
+from eval.benchmarks import Benchmark, data_root, read_rows
+from eval.results import benchmark_entry, save_atomic
+
+SCORE_KEYS = ("commonsense", "composite", "case_acc", "personalized_all", "parsed_lines")
+
+
+def agent_settings(bench: Benchmark, args) -> Dict[str, Any]:
+    from eval.deepplanning.prompts import SYSTEM_PROMPT
+
+    return {"max_new_tokens": args.max_new_tokens or bench.spec.max_new_tokens,
+            "max_turns": int(os.environ.get("DEEPPLANNING_MAX_TURNS", 40)),
+            "max_episode_tokens": int(os.environ.get("DEEPPLANNING_MAX_EPISODE_TOKENS", 32768)),
+            "system_prompt_sha256": hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest()[:16]}
+
+
+def make_env(args):
+    from eval.deepplanning.data import SPLIT_DIR, SPLIT_FILE, default_db_dir
+    from eval.deepplanning.env import TravelPlanningEnv
+
+    from eval.deepplanning.tools import SCHEMA_RELPATH
+
+    root = data_root(args.data_dir)
+    split, schema = root / SPLIT_DIR / SPLIT_FILE, root / SCHEMA_RELPATH
+    return TravelPlanningEnv(db_dir=str(default_db_dir(args.data_dir)),
+                             schema_file=str(schema) if schema.is_file() else None,
+                             split_file=str(split) if split.is_file() else None)
+
+
+def sample_record(rec, ids: List[int]) -> Dict[str, Any]:
+    t = rec.transcript
+    return {"text": t.final_text or "", "correct": rec.score.reward, "extracted": None,
+            "finished": t.cut is None, "num_tokens": len(ids), "timed_out": False, "cut": t.cut,
+            "turns": rec.turns, "tool_calls_ok": rec.calls_ok, "tool_calls_failed": rec.calls_failed,
+            "scores": rec.score.scores, "info": rec.score.info}
+
+
+def update_metrics(entry: Dict[str, Any]) -> None:
+    """mean@n (Avg@n), pass@k (expected best of k; pass@n = Best@n), and the sub-score means."""
+    done = entry["problems"]
+    if not done:
+        return
+    correct = [[s["correct"] for s in p["samples"]] for p in done]
+    out = {k: vars(v) for k, v in metrics.compute_metrics(correct).items()}
+    n = metrics.uniform_n(correct)
+    for key in SCORE_KEYS:
+        values = [[s["scores"].get(key, 0.0) for s in p["samples"]] for p in done]
+        out[f"{key}@{n}"] = vars(metrics.mean_at_k(values))
+    entry["metrics"] = out
+
+
+def run_batch(rows: List[Dict[str, Any]], settings: Dict[str, Any], offset: int, args, backend, tokenizer,
+              env) -> List[Dict[str, Any]]:
+    from opsd.rollout.agent import AgentConfig, run_episodes
+    from opsd.rollout.base import SamplingConfig
+
+    cfg = AgentConfig(max_turns=settings["max_turns"], max_episode_tokens=settings["max_episode_tokens"],
+                      max_new_tokens=settings["max_new_tokens"], enable_thinking=args.enable_thinking)
+    sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                              max_new_tokens=settings["max_new_tokens"], n=args.n, seed=args.seed + offset)
+    out = run_episodes(backend, tokenizer, env, rows, sampling, cfg)
+    records = [{"id": str(r["id"]), "answer": str(r["id"]), "prompt": r["query"], "samples": []} for r in rows]
+    for ids, i, rec in zip(out.response_ids, out.prompt_index, out.episodes):
+        records[i]["samples"].append(sample_record(rec, ids))
+    for r in records:
+        if len(r["samples"]) != args.n:
+            raise RuntimeError(f"agent loop returned {len(r['samples'])} episodes for task {r['id']}, "
+                               f"expected --n {args.n}")
+        r["num_correct"] = sum(s["correct"] for s in r["samples"])
+    return records
+
+
+def evaluate_travel(bench: Benchmark, results: Dict[str, Any], args, backend, tokenizer,
+                    env=None) -> Dict[str, Any]:
+    """Run (or resume) the travel benchmark into ``results``; see the module docstring."""
+    settings = agent_settings(bench, args)
+    entry = benchmark_entry(results, bench.name, bench.version, str(bench.path), settings,
+                            len(bench.problems), Path(args.out))
+    by_id = {str(r["id"]): r for r in read_rows(bench.path)}
+    done = {p["id"] for p in entry["problems"]}
+    todo = [(i, by_id[p.id]) for i, p in enumerate(bench.problems) if p.id not in done]
+    env = env or make_env(args)
+    try:
+        for start in range(0, len(todo), args.batch_size):
+            chunk = todo[start:start + args.batch_size]
+            entry["problems"].extend(run_batch([r for _, r in chunk], settings, chunk[0][0], args, backend,
+                                               tokenizer, env))
+            update_metrics(entry)
+            save_atomic(Path(args.out), results)
+    finally:
+        env.close()
+    return entry
