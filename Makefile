@@ -27,6 +27,15 @@ demo: install
 world: install
 	$(PY) -m opsd.toy.build --out artifacts/toy
 
+## Agentic OPD (multi-turn tool calls) on the agentic toy world: builds artifacts/agent_toy if
+## missing, then OPD with recipes/toy/agent.yaml; teacher / student before / after accuracies.
+.PHONY: demo-agent world-agent
+demo-agent: install
+	$(PY) -m opsd.toy.agent_demo
+
+world-agent: install
+	$(PY) -m opsd.toy.agent_build --out artifacts/agent_toy
+
 ## The test suite (CPU; gpu/vllm-marked tests skip).
 test: install
 	$(PY) -m pytest -q
@@ -48,6 +57,12 @@ bench-rollout:
 bench: install
 	$(PY) bench/opd_memory.py && $(PY) bench/tip_memory.py
 
+## Whole-step memory and FLOPs at the paper's shapes under fake tensors (no GPU, nothing allocated),
+## the three pairs, then the simulator against measured CPU peaks at small shapes.
+.PHONY: simulate
+simulate: install
+	$(PY) bench/simulate_memory.py --all && $(PY) bench/simulate_memory.py --validate
+
 ## Grader agreement with the gold solutions, and grading throughput.
 grader-check: install
 	$(PY) -m eval.grader_agreement && $(PY) -m eval.grading_throughput
@@ -58,6 +73,13 @@ data: install
 
 clean:
 	rm -rf runs artifacts/toy/.tmp*
+
+## The paper's Tables 3, 4, 5, 6 and 8 at CPU scale on the toy world: the same rules and retention
+## ratios, 3 seeds per row, resumable (finished runs are not redone; an hour or more on 2 CPU cores).
+## Writes runs/cpu-tables/report.md + accuracy_vs_ratio.png and the claim lines of README.md.
+.PHONY: cpu-tables
+cpu-tables: install
+	$(PY) recipes/toy/tip_sweep.py --tables 3,4,5,6,8 --seeds 0 1 2 --readme README.md
 
 ## The paper's Tables 3-8 at the paper's scale on GPU machines (recipes/README.md). DRY_RUN=1 prints
 ## and validates every command without a GPU or network; NPROC, HOSTFILE, OUT, PAIRS, EXTRA_OVERRIDES

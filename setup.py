@@ -29,10 +29,14 @@ setup(
         "vllm": ["vllm>=0.11,<0.33"],
         "wandb": ["wandb"],
         "dev": ["pytest>=8", "hypothesis"],
+        # Benchmark-only peer row of bench/opd_memory.py (its chunked losses are pure torch and run on
+        # CPU). It declares triton, which a CPU install does not need: there, install it with
+        # `pip install --no-deps -c constraints-cpu.txt liger-kernel` so torch stays pinned.
+        "bench": ["liger-kernel>=0.8"],
     },
     entry_points={
         "opsd.plugins": ["tip = tip_patches.plugin:register"],
-        "console_scripts": ["opsd-train = opsd.train:main", "opsd-launch = opsd.launch:main"],
+        "console_scripts": ["opsd-train = opsd.train:cli", "opsd-launch = opsd.launch:main"],
     },
     include_package_data=True,
 )

@@ -97,6 +97,13 @@ def run_child(script: Path, flags: list, threads: int) -> dict:
     sys.exit(f"{script.name} {' '.join(flags)} failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
 
 
+def has_liger() -> bool:
+    """Whether the peer rows can run (liger-kernel, the ``bench`` extra), without importing torch."""
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
 def pct(x: float, ref: float) -> str:
     """Relative change as ``−x %`` / ``+x %`` (a real minus sign, for the tables)."""
     d = 100.0 * (x / ref - 1.0) if ref else float("nan")
@@ -134,7 +141,7 @@ def stand_in_lm(hidden_states, vocab: int):
             super().__init__()
             self.hidden = nn.Parameter(hidden_states)  # (1, N, d): its gradient stands for the body's
 
-        def forward(self, input_ids=None, attention_mask=None):
+        def forward(self, input_ids=None, attention_mask=None, **_):  # position_ids, ...: not used
             return type("Out", (), {"last_hidden_state": self.hidden})()
 
     class StandInLM(nn.Module):

@@ -94,7 +94,7 @@ def child(args) -> None:
     teacher = Teacher(build(t_name, args.vocab, device, dtype), device, args.placement, None, args.chunk_size)
     opt = MasterAdamW(student) if args.optimizer == "master" else None
     module = DistillModule(student, args.vocab, "reverse_kl", chunk_size=args.chunk_size,
-                           recompute_chunks=args.recompute)
+                           impl="recompute" if args.recompute else "fused")
     g = torch.Generator().manual_seed(args.seed)
     length = args.prompt_len + args.response_len
     batches = []
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
                    help="response tokens per micro-batch (default 4096 on CUDA, 64 on CPU)")
     p.add_argument("--micro-batches", type=int, default=2)
     p.add_argument("--chunk-size", type=int, default=512)
-    p.add_argument("--recompute", action="store_true", help="loss.recompute_chunks=true")
+    p.add_argument("--recompute", action="store_true", help="loss.impl=recompute (default: the trainer default, fused)")
     p.add_argument("--optimizer", choices=("master", "none"), default="master",
                    help="master: fp32 master weights + AdamW moments; none: forward/backward only")
     p.add_argument("--steps", type=int, default=2, help="steps per placement; the last is reported")

@@ -14,7 +14,10 @@ Columns: peak = peak RSS (VmHWM after ``/proc/self/clear_refs``) or CUDA max all
 update, above the level right before it (the inputs are not in it, see the breakdown); step time =
 wall time of forward + backward (median of ``--repeats``; one warm-up call at a tiny shape first);
 scoring overhead = time from the start of the statistics pass to the start of the grad pass
-(statistics + selection hook), as a share of the step. The timing wrappers replace
+(statistics + selection hook), as a share of the step; none at ratio 1, where the TIP selector
+keeps every token and ``loss.impl=fused`` computes the statistics inside the loss pass. After the
+table: the naive path and the peer (``bench/opd_memory.py`` rows) and the targets of issue 14. The
+timing wrappers replace
 ``opsd.distill.stats_from_sources`` / ``selected_loss_sum`` by timed pass-throughs; the hook
 itself is left as ``tip_patches.apply`` installed it.
 
@@ -32,19 +35,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
+import opd_memory  # noqa: E402
 
 DEFAULT_RATIOS = "1.0,0.5,0.2,0.1"
 
-# Live (rows, V) float32 buffers, counted in opsd/losses.py (per row of the chunk / of the kept set):
-# statistics pass, inside _kl: student and teacher log-probs, p, the log-ratio, p * ratio, the
-# output of torch.where (its 0 is a scalar), and the bool mask p > 0 (1/4 of a float32).
-STATS_LIVE = 6.25
-# grad pass: autograd keeps log-probs, p, the log-ratio and the bool mask of every kept row until
-# backward; the chunk being computed adds its teacher log-probs, p * ratio and the where output.
-GRAD_SAVED, GRAD_CHUNK = 3.25, 3.0
-# with loss.recompute_chunks: nothing vocabulary-wide is kept per row; backward re-runs one chunk
-# at a time (its forward buffers plus the gradients of log-probs, p and the log-ratio).
-RECOMPUTE_SAVED, RECOMPUTE_CHUNK = 0.0, 6.25
+# Live (rows, V) float32 buffers, counted in opsd/losses.py (per row of the chunk / of the kept set).
+# Statistics pass (opsd.losses._chunk, row reductions of the raw logits): student logits, teacher
+# logits (overwritten by their difference) and one exp buffer. Before issue 14 the direct formulas
+# held 6.25 (log-probs of both sides, p, the log-ratio, p * ratio, a where output, a bool mask).
+STATS_LIVE = 3.0
+# Grad pass, per loss.impl: (kept for backward per kept row, live per chunk row).
+# - fused: nothing kept (the gradients are computed in the forward); the chunk's three stats
+#   buffers, the gradient w.r.t. the logits being written into the teacher's buffer;
+# - autograd: log-probs, p, the log-ratio and the bool mask of every kept row stay until backward;
+#   the chunk being computed adds its teacher log-probs, p * ratio and the where output;
+# - recompute: nothing kept; backward re-runs one chunk at a time (its forward buffers plus the
+#   gradients of log-probs, p and the log-ratio).
+GRAD_LIVE = {"fused": (0.0, 3.0), "autograd": (3.25, 3.0), "recompute": (0.0, 6.25)}
 
 
 def child(args) -> None:
@@ -59,8 +66,7 @@ def child(args) -> None:
     marks = _install_timers(distill, C.Meter(device).sync)
 
     def update(student, teacher_src, batch, a):
-        module = DistillModule(student, a.vocab, "reverse_kl", chunk_size=a.chunk_size,
-                               recompute_chunks=a.recompute)
+        module = DistillModule(student, a.vocab, "reverse_kl", chunk_size=a.chunk_size, impl=a.impl)
         loss_sum, _stats, sel, kept = module(batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
                                              teacher_src)
         (loss_sum / max(kept, 1)).backward()  # token mean over the kept tokens (TIP Eq. 7)
@@ -74,15 +80,18 @@ def child(args) -> None:
     peaks, times, scoring = [], [], []
     for _ in range(args.repeats):
         student.zero_grad(set_to_none=True)  # every repeat allocates its gradients like a fresh step
+        marks.clear()
         with C.Meter(device) as m:
             sel = update(student, teacher_src, batch, args)
         peaks.append(m.peak_bytes)
         times.append(m.seconds)
-        scoring.append(marks["grad_pass"] - marks["stats_pass"])
+        # one pass (a hook that keeps every token, loss.impl=fused): no separate statistics pass
+        scoring.append(marks["grad_pass"] - marks["stats_pass"] if "stats_pass" in marks else None)
     assert hooks.active_selector_name() == handle.selector.selector_name
     out = dict(ratio=args.one, kept=int(sel.indices.numel()), n=args.tokens, peak_mb=max(peaks) / C.MB,
                inputs_mb=inputs / C.MB, seconds=statistics.median(times),
-               scoring_s=statistics.median(scoring), selector=handle.selector.selector_name)
+               scoring_s=None if None in scoring else statistics.median(scoring),
+               selector=handle.selector.selector_name)
     if args.breakdown:
         out.update(_measure_passes(student, teacher_src, sel, args, device))
     handle.remove()
@@ -116,7 +125,7 @@ def _measure_passes(student, teacher_src, sel, args, device) -> dict:
     student.zero_grad(set_to_none=True)
     with C.Meter(device) as mg:
         loss = selected_loss_sum(hidden, weight, teacher_src, sel.indices, args.vocab, chunk_size=args.chunk_size,
-                                 recompute=args.recompute)
+                                 impl=args.impl)
         (loss / max(len(sel.indices), 1)).backward()
     return dict(stats_pass_mb=ms.peak_bytes / C.MB, grad_pass_mb=mg.peak_bytes / C.MB)
 
@@ -131,26 +140,50 @@ def parent(args) -> int:
         sys.exit(f"--ratios must be comma-separated numbers, got {args.ratios!r}")
     if not ratios or not all(0 < r <= 1 for r in ratios):
         sys.exit(f"--ratios must be in (0, 1], got {args.ratios!r}")
-    flags = [*C.shape_flags(args), "--rule", args.rule, "--repeats", str(args.repeats)]
-    flags += ["--recompute"] if args.recompute else []
-    print(f"# TIP update memory and time, rule={args.rule}"
-          f"{', loss.recompute_chunks=true' if args.recompute else ''}\n\n{C.shape_line(args)}\n")
+    flags = [*C.shape_flags(args), "--rule", args.rule, "--repeats", str(args.repeats), "--impl", args.impl]
+    print(f"# TIP update memory and time, rule={args.rule}, loss.impl={args.impl}\n\n{C.shape_line(args)}\n")
     res = [C.run_child(here, ["--one", repr(r), *flags, *(["--breakdown"] if r == ratios[-1] else [])],
                        args.threads) for r in ratios]
+    refs = {} if args.no_reference else {m: opd_memory.run_row(m, args) for m in ("naive", "liger")
+                                         if m == "naive" or C.has_liger()}
     ref = res[0]
     rows = []
     for r in res:
         rows.append([f"{r['ratio']:.2f}", f"{r['kept']:,}", f"{r['peak_mb']:,.0f}",
                      "—" if r is ref else C.pct(r["peak_mb"], ref["peak_mb"]), f"{r['seconds']:.2f}",
                      "—" if r is ref else C.pct(r["seconds"], ref["seconds"]),
+                     "— (one pass: statistics inside the loss pass)" if r["scoring_s"] is None else
                      f"{100 * r['scoring_s'] / r['seconds']:.0f} % ({r['scoring_s']:.2f} s)"])
     vs = f"vs {ref['ratio']:.1f}"
     print(C.table(["ratio", "kept tokens", "peak MB", f"peak {vs}", "step s", f"time {vs}", "scoring overhead"],
                   rows))
     print(f"\nselector: {res[-1]['selector']}; inputs (resident before the update, not in the peaks): "
           f"{ref['inputs_mb']:,.0f} MB")
+    if refs:
+        print(reference_lines(res, refs, args))
     print(breakdown(args, res[-1], ref))
     return 0
+
+
+def reference_lines(res: list, refs: dict, args) -> str:
+    """The naive path and the peer (bench/opd_memory.py rows, same shape and chunk) and the targets
+    of issue 14 per ratio: peak <= 0.35x naive and <= 0.8x the peer, time <= the peer's."""
+    naive, peer = refs["naive"], refs.get("liger")
+    out = [f"\nreferences (bench/opd_memory.py, fresh processes): naive {naive['peak_mb']:,.0f} MB, "
+           f"{naive['seconds']:.2f} s; " + (f"liger (LigerFusedLinearJSDLoss, beta=1, chunk {peer['chunk']}, all tokens, "
+                                             f"no statistics) {peer['peak_mb']:,.0f} MB, {peer['seconds']:.2f} s"
+                                             if peer else "liger skipped (liger-kernel not installed)"),
+           f"targets: peak <= {opd_memory.PEAK_VS_NAIVE}x naive, <= {opd_memory.PEAK_VS_PEER}x liger, "
+           "time <= liger's (statistics pass and selection included)"]
+    for r in res:
+        a = r["peak_mb"] / naive["peak_mb"]
+        line = f"  ratio {r['ratio']:.2f}: {a:.2f}x naive ({'ok' if a <= opd_memory.PEAK_VS_NAIVE else 'MISSED'})"
+        if peer:
+            b, t = r["peak_mb"] / peer["peak_mb"], r["seconds"] / peer["seconds"]
+            line += (f", {b:.2f}x liger ({'ok' if b <= opd_memory.PEAK_VS_PEER else 'MISSED'}), "
+                     f"time {t:.2f}x liger ({'ok' if t <= 1.0 else 'MISSED'})")
+        out.append(line)
+    return "\n".join(out)
 
 
 def breakdown(args, low: dict, ref: dict) -> str:
@@ -159,7 +192,7 @@ def breakdown(args, low: dict, ref: dict) -> str:
     n, v, d, dt, k = args.tokens, args.vocab, args.hidden, args.teacher_hidden, low["kept"]
     row = v * 4 / C.MB  # MB of one float32 vocabulary row
     c_stats, c_grad = min(args.chunk_size, n), min(args.chunk_size, k)
-    saved, chunk = (RECOMPUTE_SAVED, RECOMPUTE_CHUNK) if args.recompute else (GRAD_SAVED, GRAD_CHUNK)
+    saved, chunk = GRAD_LIVE[args.impl]
     stats_mb, grad_mb = STATS_LIVE * c_stats * row, (saved * k + chunk * c_grad) * row
     grads_mb = (v * d + 2 * n * d) * b / C.MB
     stats_buf_mb = n * (5 * 4 + 2 * 8) / C.MB  # 5 float32 statistics + sample index, position (int64)
@@ -169,7 +202,7 @@ def breakdown(args, low: dict, ref: dict) -> str:
     def line(what, mb, note=""):
         return f"  {what:<62} {mb:>10,.1f} MB{'  ' + note if note else ''}"
 
-    recompute = " (loss.recompute_chunks)" if args.recompute else ""
+    impl = f" (loss.impl={args.impl})"
     out = [f"\nWhere the memory goes at ratio {low['ratio']:g} (K = {k:,} of N = {n:,} tokens), from the shapes:",
            "resident inputs (not in the peaks):",
            line(f"student hidden states (N, d) = ({n}, {d})", n * d * b / C.MB),
@@ -181,7 +214,7 @@ def breakdown(args, low: dict, ref: dict) -> str:
            line("statistics buffers (N,) x 7", stats_buf_mb),
            line(f"statistics pass: ~{STATS_LIVE:g} live (chunk, V) f32, chunk = {c_stats}", stats_mb,
                 f"measured alone: {low['stats_pass_mb']:,.0f} MB"),
-           line(f"grad pass{recompute}: ~{saved:g} (V,) f32 per kept row + ~{chunk:g} per chunk row",
+           line(f"grad pass{impl}: ~{saved:g} (V,) f32 per kept row + ~{chunk:g} per chunk row",
                 grad_mb, f"measured alone (+ backward): {low['grad_pass_mb']:,.0f} MB"),
            line("estimate: max(statistics pass, grad pass + grads) + statistics", est,
                 f"measured update: {low['peak_mb']:,.0f} MB"),
@@ -199,7 +232,10 @@ def main(argv=None) -> int:
     p.add_argument("--rule", default="soft_or", help="tip.rule (default %(default)s)")
     p.add_argument("--ratios", default=DEFAULT_RATIOS, help="retention ratios, comma-separated (default %(default)s)")
     p.add_argument("--repeats", type=int, default=1, help="updates per ratio; time = median (default %(default)s)")
-    p.add_argument("--recompute", action="store_true", help="loss.recompute_chunks=true (default: the trainer default, false)")
+    p.add_argument("--impl", choices=("fused", "autograd", "recompute"), default="fused",
+                   help="loss.impl (default: the trainer default, %(default)s)")
+    p.add_argument("--no-reference", action="store_true",
+                   help="skip the naive and liger reference rows (bench/opd_memory.py; liger needs the bench extra)")
     p.add_argument("--one", type=float, help=argparse.SUPPRESS)  # child process: one ratio
     p.add_argument("--breakdown", action="store_true", help=argparse.SUPPRESS)  # child: measure the passes alone
     args = p.parse_args(argv)

@@ -201,7 +201,7 @@ def loss_and_grad(mbs: List[MicroBatch], teachers: list, loss_type: str, chunk: 
         h = mb.hidden.detach().clone().requires_grad_(True)
         idx = torch.arange(len(h))
         part = selected_loss_sum(h, weight, teacher, idx, mb.vocab_size, loss_type, 0.5,
-                                 chunk_size=chunk, recompute=recompute) / n_total
+                                 chunk_size=chunk, impl="recompute" if recompute else "autograd") / n_total
         part.backward()
         loss += part.item()
         grads_h.append(h.grad.flatten())

@@ -77,9 +77,21 @@ class RolloutConfig:
     gpu_memory_utilization: float = _f(0.5, "vLLM: fraction of GPU memory for weights and KV cache")
     sleep_level: int = _f(1, "vLLM: sleep level between phases (0 = no sleep, 1 = offload weights, 2 = discard)")
     enforce_eager: bool = _f(False, "vLLM: disable CUDA graphs")
+    environment: Optional[str] = _f(None, "agentic rollouts: environment 'module:Class' (None = single-turn)")
+    environment_options: Dict[str, Any] = _f({}, "agentic rollouts: keyword arguments of the environment class")
+    max_turns: int = _f(8, "agentic rollouts: assistant turns per episode")
+    max_episode_tokens: int = _f(1024, "agentic rollouts: tokens after the initial prompt (sampled + tool turns)")
+    tool_parser: str = _f("qwen3", "agentic rollouts: tool-call format (qwen3 | qwen2.5 | hermes | module:Class)")
+    tool_timeout_s: float = _f(10.0, "agentic rollouts: a tool call running longer is reported to the model as failed")
 
     def validate(self):
         _choice("rollout.backend", self.backend, ["hf", "vllm"])
+        if not isinstance(self.environment_options, dict):
+            raise ConfigError(f"rollout.environment_options must be a mapping, got {self.environment_options!r}")
+        if self.environment is not None:
+            _positive("rollout.max_turns", self.max_turns)
+            _positive("rollout.max_episode_tokens", self.max_episode_tokens)
+            _positive("rollout.tool_timeout_s", self.tool_timeout_s)
         _positive("rollout.n", self.n)
         _positive("rollout.max_new_tokens", self.max_new_tokens)
         _positive("rollout.batch_size", self.batch_size)
@@ -97,6 +109,7 @@ class RolloutConfig:
 
 
 LOSS_TYPES = ["reverse_kl", "forward_kl", "jsd"]
+LOSS_IMPLS = ["fused", "autograd", "recompute"]  # opsd.losses.IMPLS (config stays torch-free)
 
 
 @dataclass
@@ -104,7 +117,9 @@ class LossConfig:
     type: str = _f("reverse_kl", "per-token divergence: reverse_kl (Eq. 1) | forward_kl | jsd")
     jsd_beta: float = _f(0.5, "JSD interpolation beta in (0, 1)")
     chunk_size: int = _f(512, "tokens per chunk of the vocabulary-wide passes")
-    recompute_chunks: bool = _f(False, "recompute each chunk's logits in backward (memory independent of kept tokens)")
+    impl: str = _f("fused", "grad pass: fused (gradients in the chunked forward, closed form; ~3 chunk x V "
+                            "buffers) | autograd (keeps the kept rows' K x V log-probs for backward) | recompute "
+                            "(checkpoints each chunk, recomputed in backward)")
     teacher_topk: Optional[int] = _f(None, "keep only the teacher's top-k log-probs (+ tail bucket); None = exact")
     reward_fn: Optional[str] = _f(None, "verifiable reward 'module:function(response_text, answer) -> float'")
     reward_beta: Optional[float] = _f(None, "reward-weighted distillation temperature; None = off")
@@ -115,6 +130,7 @@ class LossConfig:
         if not 0 < self.jsd_beta < 1:
             raise ConfigError(f"loss.jsd_beta must be in (0, 1), got {self.jsd_beta}")
         _positive("loss.chunk_size", self.chunk_size)
+        _choice("loss.impl", self.impl, LOSS_IMPLS)
         if self.teacher_topk is not None:
             _positive("loss.teacher_topk", self.teacher_topk)
         if self.reward_beta is not None:
@@ -144,6 +160,11 @@ class OptimConfig:
             raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
 
 
+# Attention implementations that honour packed position ids (transformers 5.x): flash attention
+# through its varlen kernels, the others through a block-diagonal mask built from the position ids.
+PACKING_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
+
+
 @dataclass
 class EngineConfig:
     zero_stage: int = _f(2, "DeepSpeed ZeRO stage: 0, 1, 2 or 3")
@@ -152,14 +173,39 @@ class EngineConfig:
     micro_batch_size: int = _f(4, "sequences per rank per micro-step")
     device: str = _f("auto", "auto | cpu | cuda")
     teacher_placement: str = _f("resident", "resident | offload (teacher to CPU while the student trains)")
+    teacher_sharding: str = _f("none", "none (a full teacher per rank) | zero3 (teacher partitioned over the "
+                                       "data-parallel ranks, DeepSpeed ZeRO-3 inference)")
+    micro_batch_tokens: Optional[int] = _f(None, "token budget per rank per micro-step (padded: rows x longest; "
+                                                 "packed: total length); None = micro_batch_size sequences")
+    packing: bool = _f(False, "pack each micro-batch's sequences in one row without padding "
+                              "(needs an attention implementation that honours packed position ids)")
 
     def validate(self):
         _choice("engine.zero_stage", self.zero_stage, [0, 1, 2, 3])
         _positive("engine.micro_batch_size", self.micro_batch_size)
         _choice("engine.device", self.device, ["auto", "cpu", "cuda"])
         _choice("engine.teacher_placement", self.teacher_placement, ["resident", "offload"])
+        _choice("engine.teacher_sharding", self.teacher_sharding, ["none", "zero3"])
+        if self.micro_batch_tokens is not None:
+            _positive("engine.micro_batch_tokens", self.micro_batch_tokens)
         if self.offload_params and self.zero_stage != 3:
             raise ConfigError("engine.offload_params needs engine.zero_stage=3")
+
+    def check_with(self, cfg: "Config") -> None:
+        """The engine options that depend on other sections."""
+        longest = cfg.data.max_prompt_length
+        if self.micro_batch_tokens is not None and self.micro_batch_tokens <= longest:
+            raise ConfigError(
+                f"engine.micro_batch_tokens={self.micro_batch_tokens} is not larger than data.max_prompt_length="
+                f"{longest}: a prompt of up to {longest} tokens plus its response must fit one micro-batch; "
+                "raise engine.micro_batch_tokens, lower data.max_prompt_length, or unset "
+                "engine.micro_batch_tokens to count sequences (engine.micro_batch_size)")
+        attn = cfg.model.attn_implementation
+        if self.packing and attn is not None and attn not in PACKING_ATTENTION:
+            raise ConfigError(
+                f"engine.packing=true needs an attention implementation that honours packed position ids; "
+                f"model.attn_implementation={attn!r} does not: choose one of {list(PACKING_ATTENTION)}, "
+                "or set engine.packing=false")
 
 
 @dataclass
@@ -211,6 +257,7 @@ class Config:
             sec = getattr(self, f.name)
             if hasattr(sec, "validate"):
                 sec.validate()
+        self.engine.check_with(self)
         for sec in self.plugins.values():
             if hasattr(sec, "validate"):
                 sec.validate()

@@ -2,7 +2,9 @@
 
 Builds the toy world if missing (tokenizer, prompts, SFT-trained teacher and student), then runs
 OPD with ``recipes/toy/opd.yaml`` and prints teacher accuracy, student accuracy before, and
-student accuracy after, on the held-out problems (greedy).
+student accuracy after, on the held-out problems (greedy), the share of the teacher-student gap
+that OPD closed, and the TIP quadrants of the student's tokens before OPD (from the build's
+``build_info.json``: Q3 = low entropy, high divergence, its confident mistakes).
 """
 from __future__ import annotations
 
@@ -37,13 +39,33 @@ def main(argv=None) -> int:
         trainer.cleanup()
     n = min(cfg.train.eval_limit, len(trainer.eval_data))
     if trainer.rank == 0:
+        before, after = summary["accuracy_before"], summary["accuracy_after"]
+        closed = gap_closed(teacher_acc, before, after)
+        quadrants = json.loads(open(paths["build_info"]).read()).get("quadrants", {})
         print(f"\nheld-out problems: {n} (greedy)\n  teacher accuracy:        {teacher_acc:.3f}\n"
-              f"  student accuracy before: {summary['accuracy_before']:.3f}\n"
-              f"  student accuracy after:  {summary['accuracy_after']:.3f}\n"
-              f"wall time {time.time() - t0:.0f} s; metrics in {cfg.train.output_dir}/metrics.jsonl")
-        print(json.dumps({"teacher": teacher_acc, **summary, "heldout": n, "world": paths["root"]}))
+              f"  student accuracy before: {before:.3f}\n"
+              f"  student accuracy after:  {after:.3f}\n"
+              f"  teacher-student gap closed by OPD: "
+              + (f"{closed:.0%}" if closed is not None else "n/a (no gap)") + "\n"
+              + (f"  student tokens before OPD (T=1, TIP quadrants, from {paths['build_info']}): "
+                 f"Q1 {quadrants['Q1']:.1%}  Q2 {quadrants['Q2']:.1%}  Q3 (confident mistakes) {quadrants['Q3']:.1%}"
+                 f"  Q4 {quadrants['Q4']:.1%}\n" if quadrants else "")
+              + f"wall time {time.time() - t0:.0f} s; metrics in {cfg.train.output_dir}/metrics.jsonl")
+        print(json.dumps({"teacher": teacher_acc, **summary, "gap_closed": closed,
+                          "q3_share": quadrants.get("Q3"), "heldout": n, "world": paths["root"]}))
     return 0
 
 
+def gap_closed(teacher: float, before: float, after: float):
+    """(after - before) / (teacher - before): the share of the teacher-student gap that OPD closed."""
+    return None if teacher <= before else (after - before) / (teacher - before)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    from opsd.engine import shutdown_distributed
+
+    try:
+        code = main()
+    finally:  # an orderly teardown keeps the exit code 0 (opsd.engine.shutdown_distributed)
+        shutdown_distributed(barrier=False)
+    sys.exit(code)

@@ -15,7 +15,10 @@ Each micro-batch contributes ``(N_mb / N) * sum_{t in S_mb} w_t d_t / |S_mb|`` w
 over ranks (N: response tokens of the step, N_mb: of this micro-batch index, S_mb: tokens the hook
 kept); with the default hook (all tokens, w = 1) this is exactly ``sum_t d_t / N`` (TIP Eq. 1).
 DeepSpeed averages gradients over ranks and we call ``backward(scale_wrt_gas=False)``, so the
-local loss is multiplied by the world size to turn that average into the sum.
+local loss is multiplied by the world size to turn that average into the sum. How sequences are
+grouped into micro-batches (:mod:`opsd.packing`: a sequence count or a token budget, padded or
+packed) therefore does not change the default hook's loss or gradient; a selecting hook ranks
+tokens within each micro-batch index, so its choice depends on the grouping.
 """
 from __future__ import annotations
 
@@ -74,7 +77,7 @@ class Trainer:
     def setup(self) -> "Trainer":
         from opsd import data, models
         from opsd.distill import DistillModule
-        from opsd.teacher import Teacher
+        from opsd.teacher import build_teacher
 
         cfg = self.cfg
         self.device = pick_device(cfg.engine.device)
@@ -87,6 +90,11 @@ class Trainer:
         tok_path = cfg.model.tokenizer or cfg.model.student
         self.tokenizer = models.load_tokenizer(tok_path, cfg.model.trust_remote_code)
         models.check_same_tokenizer(self.tokenizer, cfg.model.teacher, cfg.model.trust_remote_code)
+        self.env, self.agent = None, None
+        if cfg.rollout.environment:  # agentic rollouts: rows go to the environment (opsd.environment)
+            from opsd.environment import load_environment
+
+            self.env = load_environment(cfg.rollout.environment, cfg.rollout.environment_options)
         self.train_data = self._prompts(cfg.data.train_files)
         self.sampler = data.PromptSampler(len(self.train_data), cfg.train.prompts_per_step, self.rank, self.world,
                                           seed=cfg.train.seed, shuffle=cfg.data.shuffle)
@@ -97,19 +105,28 @@ class Trainer:
                                         cfg.model.trust_remote_code)
         if cfg.model.gradient_checkpointing:
             student.gradient_checkpointing_enable()
-        teacher_model = models.load_causal_lm(cfg.model.teacher, cfg.model.dtype, cfg.model.attn_implementation,
-                                              cfg.model.trust_remote_code)
-        self.vocab_size = models_vocab(student, teacher_model, self.tokenizer)
-        self.teacher = Teacher(teacher_model, self.device, cfg.engine.teacher_placement, cfg.loss.teacher_topk,
-                               cfg.loss.chunk_size)
+        self.teacher = build_teacher(cfg, self.device, lambda: models.load_causal_lm(
+            cfg.model.teacher, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code))
+        self.vocab_size = models_vocab(student, self.teacher.model, self.tokenizer)
+        self._check_layout(student)
         module = DistillModule(student.to(self.device), self.vocab_size, cfg.loss.type, cfg.loss.jsd_beta,
-                               cfg.loss.chunk_size, cfg.loss.recompute_chunks, cfg.engine.zero_stage)
+                               cfg.loss.chunk_size, cfg.loss.impl, cfg.engine.zero_stage)
         self.engine, self.optimizer, self.scheduler = build_engine(module, cfg, self.grad_accum)
         self.student = self.engine.module.model
         self.backend = make_backend(cfg.rollout, self.student, self.tokenizer, cfg.model.student,
                                     dtype=cfg.model.dtype, seed=cfg.train.seed)
         self.sampling = SamplingConfig(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k,
                                        cfg.rollout.max_new_tokens, cfg.rollout.n)
+        if self.env is not None:
+            from opsd.rollout.agent import ROLE_NAMES, AgentConfig, AgentLoop
+
+            self.engine.module.group_names = dict(ROLE_NAMES)
+
+            try:
+                self.agent = AgentLoop(self.backend, self.tokenizer, self.env,
+                                       AgentConfig.from_rollout(cfg.rollout, cfg.data.enable_thinking))
+            except ValueError as e:  # unknown parser, a template without tool support
+                raise ConfigError(f"rollout.environment={cfg.rollout.environment}: {e}") from None
 
         resume_from = checkpoint.find_resume(str(self.out_dir), cfg.train.resume)
         self.logger = MetricsLogger(str(self.out_dir), cfg.to_dict(), enabled=self.rank == 0,
@@ -125,8 +142,10 @@ class Trainer:
         return self
 
     def _prompts(self, files):
-        from opsd.data import PromptDataset
+        from opsd.data import EpisodeRows, PromptDataset
 
+        if self.env is not None:
+            return EpisodeRows.from_files(files)
         d = self.cfg.data
         return PromptDataset.from_files(files, self.tokenizer, d.max_prompt_length, prompt_field=d.prompt_field,
                                         answer_field=d.answer_field, messages_field=d.messages_field,
@@ -142,7 +161,23 @@ class Trainer:
             raise ConfigError(f"rollout.tensor_parallel_size={r.tensor_parallel_size} does not divide the "
                               f"world size {self.world}")
         self.seqs_per_rank = t.prompts_per_step // self.world * r.n
+        # with engine.micro_batch_tokens the count varies by step; update() sets the step boundary
         self.grad_accum = math.ceil(self.seqs_per_rank / e.micro_batch_size)
+
+    def _check_layout(self, student) -> None:
+        """``engine.packing`` needs attention that honours packed position ids, checked on the loaded
+        models (transformers picks one when model.attn_implementation is unset); logs the sharded
+        teacher's share of parameter bytes on this rank."""
+        from opsd import packing
+
+        if self.cfg.engine.packing:
+            packing.check_attention(student, "student")
+            packing.check_attention(self.teacher.model, "teacher")
+        if self.teacher.sharding == "zero3":
+            local, full = self.teacher.param_bytes()
+            head = self.teacher.head_weight.numel() * self.teacher.head_weight.element_size()
+            log.info("teacher: ZeRO-3 sharded over %d ranks; %.3f of %.3f GiB of parameters on this rank "
+                     "(+ %.3f GiB head replica)", self.world, local / 2 ** 30, full / 2 ** 30, head / 2 ** 30)
 
     def _activate_plugins(self) -> None:
         from opsd.plugins import registry
@@ -209,7 +244,28 @@ class Trainer:
         if rewards is not None:
             acc = all_reduce_host(torch.tensor([sum(rewards), len(rewards)], dtype=torch.float64))
             metrics["accuracy"] = (acc[0] / acc[1].clamp_min(1)).item()
+        if self.agent is not None:
+            metrics.update(self._agent_metrics(rollouts))
         return metrics
+
+    def _agent_metrics(self, rollouts) -> dict:
+        """Episode metrics over all ranks: per-episode means of turns, tool calls (ok / failed), cut
+        episodes, reward and sub-scores; the share of response tokens that are not trained."""
+        from opsd.rollout.agent import episode_metrics
+
+        local = episode_metrics(rollouts)
+        keys = sorted(local)
+        if self.world > 1:  # sub-score names may differ between ranks: agree on the union first
+            names = [None] * self.world
+            dist.all_gather_object(names, keys)
+            keys = sorted(set(k for ks in names for k in ks))
+        tot = all_reduce_host(torch.tensor([local.get(k, 0.0) for k in keys], dtype=torch.float64))
+        m = dict(zip(keys, tot.tolist()))
+        n = max(m.pop("episodes"), 1.0)
+        sampled, total = m.pop("sampled_tokens"), m.pop("response_tokens")
+        out = {f"agent/{k}": v / n for k, v in m.items()}
+        out["agent/masked_share"] = 1.0 - sampled / total if total else 0.0
+        return out
 
     def rollout(self, items: List[dict]):
         """Samples of the current policy for this rank's prompts (seeded per step and rank)."""
@@ -219,6 +275,8 @@ class Trainer:
 
         def generate():
             self._wake_backend()
+            if self.agent is not None:
+                return self.agent.run(items, self.sampling)
             return self.backend.generate([it["prompt_ids"] for it in items], self.sampling)
 
         rollouts = self._on_every_rank(generate)
@@ -249,6 +307,8 @@ class Trainer:
         return out
 
     def reward(self, rollouts, answers) -> Optional[List[float]]:
+        if self.agent is not None:  # the environment scored each episode
+            return rollouts.rewards
         if self.reward_fn is None:
             return None
         texts = self.tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
@@ -257,12 +317,13 @@ class Trainer:
     def update(self, rollouts, rewards) -> dict:
         from opsd.data import build_sequences
 
+        agentic = self.agent is not None
         seq = build_sequences(rollouts.prompt_ids, rollouts.response_ids, self.tokenizer.pad_token_id,
-                              self.tokenizer.eos_token_id)
+                              self.tokenizer.eos_token_id, response_masks=rollouts.response_mask if agentic else None,
+                              token_groups=rollouts.token_roles if agentic else None)
         seq["loss_mask"] = seq["loss_mask"].long()
-        mb = self.cfg.engine.micro_batch_size
-        slices = [slice(s, s + mb) for s in range(0, len(rollouts), mb)]
-        counts = torch.tensor([float(seq["loss_mask"][s].sum()) for s in slices], dtype=torch.float64)
+        batches = self.micro_batches(seq)
+        counts = torch.tensor([float(b["loss_mask"].sum()) for b in batches], dtype=torch.float64)
         counts = all_reduce_host(counts)  # (n_micro,) response tokens per micro-batch index, all ranks
         n_step = float(counts.sum())
         metrics = {"empty_responses": seq["num_empty_responses"]}
@@ -273,25 +334,34 @@ class Trainer:
             return {**metrics, "loss": 0.0, "skipped": 1}
         token_w = self.reward_token_weights(seq["loss_mask"], rewards, n_step)
 
+        from opsd.packing import padding_tokens, row_slices, take_tokens
+
+        row_tokens = row_slices(seq["loss_mask"])  # each row's part of the flat token weights
         self._sleep_backend()  # training phase: teacher forward + student update
-        sources = self.teacher_phase(seq, slices)
-        totals, diag_parts = torch.zeros(5, dtype=torch.float64), []
+        sources = self.teacher_phase(batches)
+        totals, diag_parts = torch.zeros(8, dtype=torch.float64), []
         skipped_before = self.engine.skipped_steps
-        for i, (s, src) in enumerate(zip(slices, sources)):
-            n_rows = int(seq["loss_mask"][:s.start].sum())
-            tw = None if token_w is None else token_w[n_rows:n_rows + int(seq["loss_mask"][s].sum())]
-            loss_sum, stats, sel, kept = self.engine(seq["input_ids"][s].to(self.device),
-                                                     seq["attention_mask"][s].to(self.device),
-                                                     seq["loss_mask"][s].to(self.device), src, tw)
+        for i, (b, src) in enumerate(zip(batches, sources)):
+            dev = self.device
+            # One optimizer step per update, at the last micro-batch: their number varies by step
+            # with a token budget, while DeepSpeed's gradient_accumulation_steps is fixed at setup.
+            self.engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
+            loss_sum, stats, sel, kept = self.engine(b["input_ids"].to(dev), _to(b["attention_mask"], dev),
+                                                     b["loss_mask"].to(dev), src,
+                                                     take_tokens(token_w, row_tokens, b["rows"]),
+                                                     token_groups=_to(b.get("token_groups"), dev),
+                                                     position_ids=_to(b["position_ids"], dev))
             scale = float(counts[i]) / (n_step * max(kept, 1))
             self.engine.backward(loss_sum * scale * self.world, scale_wrt_gas=False)
             self.engine.step()
             totals += torch.tensor([loss_sum.item() * scale, stats.reverse_kl.sum().item(),
-                                    stats.entropy.sum().item(), stats.teacher_entropy.sum().item(), len(sel.indices)],
-                                   dtype=torch.float64)
+                                    stats.entropy.sum().item(), stats.teacher_entropy.sum().item(), len(sel.indices),
+                                    *padding_tokens(b), not b["rows"]], dtype=torch.float64)
             diag_parts.append((sel.diagnostics, float(counts[i]) / n_step))
         self.teacher.load()  # back on the device for the next step's scoring phase (no-op if resident)
         totals = all_reduce_host(totals)
+        metrics.update(micro_batches=len(batches), empty_micro_batches=int(totals[7].item()),
+                       padding_frac=totals[5].item() / max(totals[6].item(), 1.0))  # of all ranks' token slots
         self._on_every_rank(self._sync_weights)
         grad_norm = self.engine.get_global_grad_norm()
         metrics.update(loss=totals[0].item(), reverse_kl=totals[1].item() / n_step, entropy=totals[2].item() / n_step,
@@ -303,11 +373,32 @@ class Trainer:
             log.warning("step %d: non-finite gradient norm; optimizer step skipped", self.step + 1)
         return metrics
 
-    def teacher_phase(self, seq: dict, slices) -> list:
+    def micro_batches(self, seq: dict) -> list:
+        """This rank's micro-batches of the step (:mod:`opsd.packing`): ``engine.micro_batch_size``
+        sequences or ``engine.micro_batch_tokens`` tokens each, padded or packed. Every rank gets the
+        same number (empty micro-batches fill up the shorter plans): each forward and backward
+        holds collectives."""
+        from opsd import packing
+
+        e = self.cfg.engine
+        lengths = seq["attention_mask"].sum(dim=1).tolist()  # (B,) prompt + response tokens
+        if e.micro_batch_tokens:
+            plan, oversize = packing.plan_by_tokens(lengths, e.micro_batch_tokens, e.packing)
+            if oversize:
+                log.info("step %d: %d sequence(s) longer than engine.micro_batch_tokens=%d (longest %d tokens) "
+                         "got a micro-batch of their own", self.step + 1, len(oversize), e.micro_batch_tokens,
+                         max(lengths[i] for i in oversize))
+        else:
+            plan = packing.plan_by_count(len(lengths), e.micro_batch_size)
+        n = int(all_reduce_host(torch.tensor([len(plan)]), op=dist.ReduceOp.MAX).item())
+        plan += [[] for _ in range(n - len(plan))]
+        return [packing.collate(seq, rows, self.tokenizer.pad_token_id, e.packing) for rows in plan]
+
+    def teacher_phase(self, batches: list) -> list:
         """Teacher scores every micro-batch first (two-phase); the teacher may then be offloaded."""
         self.teacher.load()
-        sources = [self.teacher.score(seq["input_ids"][s], seq["attention_mask"][s], seq["loss_mask"][s],
-                                      self.vocab_size) for s in slices]
+        sources = [self.teacher.score(b["input_ids"], b["attention_mask"], b["loss_mask"], self.vocab_size,
+                                      b["position_ids"]) for b in batches]
         self.teacher.offload()
         return sources
 
@@ -387,13 +478,17 @@ class Trainer:
 
     def evaluate(self, model_backend=None) -> float:
         """Accuracy (mean reward) on the held-out prompts, greedy, over all ranks."""
-        from opsd.evaluate import accuracy
+        from opsd.evaluate import accuracy, episode_accuracy
 
-        if self.reward_fn is None:
+        if self.reward_fn is None and self.agent is None:
             raise ConfigError("train.eval_files needs loss.reward_fn to score answers")
         with self._engine_guard(f"evaluation at step {self.step}"):
             if model_backend is None:
                 self._wake_backend()
+            if self.agent is not None:
+                loop = self.agent if model_backend is None else self.agent.with_backend(model_backend)
+                return episode_accuracy(loop, self.eval_data, self.cfg.train.eval_limit, self.rank, self.world,
+                                        progress=self.cfg.logging.progress and self.rank == 0)
             return accuracy(model_backend or self.backend, self.tokenizer, self.eval_data, self.reward_fn,
                             max_new_tokens=self.cfg.rollout.max_new_tokens, limit=self.cfg.train.eval_limit,
                             rank=self.rank, world=self.world,
@@ -416,16 +511,21 @@ class Trainer:
                 self.backend.close()
             except Exception as e:  # a dead engine may fail to shut down; keep the real error visible
                 log.warning("closing the rollout backend failed: %s: %s", type(e).__name__, e)
+        if getattr(self, "env", None) is not None:
+            self.env.close()
         if hasattr(self, "logger"):
             self.logger.close()
 
 
 def models_vocab(student, teacher, tokenizer) -> int:
     from opsd.losses import align_vocab
+    from opsd.teacher import output_rows  # the teacher's head may be ZeRO-3 partitioned
 
-    s_w = student.get_output_embeddings().weight.shape[0]
-    t_w = teacher.get_output_embeddings().weight.shape[0]
-    return align_vocab(s_w, t_w, len(tokenizer))
+    return align_vocab(output_rows(student), output_rows(teacher), len(tokenizer))
+
+
+def _to(t: Optional[torch.Tensor], device) -> Optional[torch.Tensor]:
+    return None if t is None else t.to(device)
 
 
 def _gather_varlen(x: torch.Tensor) -> torch.Tensor:

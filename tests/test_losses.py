@@ -83,14 +83,14 @@ def test_vocab_alignment_slices_padding():
 
 
 @pytest.mark.parametrize("loss_type", ["reverse_kl", "forward_kl", "jsd"])
-@pytest.mark.parametrize("recompute", [False, True])
-def test_grad_pass_matches_naive(loss_type, recompute):
+@pytest.mark.parametrize("impl", ["fused", "autograd", "recompute"])
+def test_grad_pass_matches_naive(loss_type, impl):
     torch.manual_seed(2)
     h = torch.randn(17, 6, requires_grad=True)
     w = torch.randn(13, 6, requires_grad=True)
     ht, wt = torch.randn(17, 5), torch.randn(15, 5)
     idx = torch.tensor([0, 3, 4, 9, 16])
-    got = selected_loss_sum(h, w, HiddenLogits(ht, wt, 13), idx, 13, loss_type, chunk_size=2, recompute=recompute)
+    got = selected_loss_sum(h, w, HiddenLogits(ht, wt, 13), idx, 13, loss_type, chunk_size=2, impl=impl)
     got.backward()
     g_got = (h.grad.clone(), w.grad.clone())
     h.grad = w.grad = None
@@ -116,7 +116,7 @@ def test_topk_teacher_converges_to_exact():
 
 
 def test_recompute_keeps_no_teacher_logprobs_until_backward():
-    """loss.recompute_chunks: after the grad pass's forward no (chunk, V) tensor stays alive; the
+    """loss.impl=recompute: after the grad pass's forward no (chunk, V) tensor stays alive; the
     teacher log-probs used to be held as checkpoint inputs, one per chunk (memory ~ K x V)."""
     import gc
 
@@ -124,7 +124,7 @@ def test_recompute_keeps_no_teacher_logprobs_until_backward():
     v, n = 997, 12
     h, w = torch.randn(n, 4, requires_grad=True), torch.randn(v, 4, requires_grad=True)
     loss = selected_loss_sum(h, w, HiddenLogits(torch.randn(n, 4), torch.randn(v, 4), v), torch.arange(n), v,
-                             chunk_size=4, recompute=True)
+                             chunk_size=4, impl="recompute")
     gc.collect()
     assert not [t for t in gc.get_objects() if isinstance(t, torch.Tensor) and t.shape == (4, v)]
     loss.backward()

@@ -159,3 +159,48 @@ def test_stale_model_is_rebuilt(tmp_path):
     assert not model_valid(Path(tmp_path) / "student", model_fingerprint(other, "student"))
     build(tmp_path, other)
     assert model_valid(Path(tmp_path) / "student", model_fingerprint(other, "student"))
+
+
+def test_changing_the_student_spec_rebuilds_only_the_student(tmp_path):
+    import dataclasses
+    from pathlib import Path
+
+    from opsd.toy.build import build, quick_config
+
+    cfg = dataclasses.replace(quick_config(), evaluate=False)
+    build(tmp_path, cfg)
+    weights = {role: Path(tmp_path) / role / "model.safetensors" for role in ("teacher", "student")}
+    before = {role: (p.stat().st_mtime_ns, p.read_bytes()) for role, p in weights.items()}
+    other = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, steps=cfg.student.steps + 1))
+    build(tmp_path, other)
+    assert (weights["teacher"].stat().st_mtime_ns, weights["teacher"].read_bytes()) == before["teacher"]
+    assert weights["student"].read_bytes() != before["student"][1]
+    info = json.loads((Path(tmp_path) / "student" / "sft_info.json").read_text())
+    assert info["spec"]["steps"] == cfg.student.steps + 1
+
+
+def test_constant_lr_schedule_has_no_decay():
+    from opsd.toy.build import ModelSpec, lr_at
+
+    spec = ModelSpec(layers=1, hidden=8, heads=1, kv_heads=1, intermediate=8, steps=100, warmup_steps=10,
+                     min_lr_ratio=1.0)
+    assert lr_at(4, spec) == 0.5 and all(lr_at(s, spec) == 1.0 for s in (10, 50, 99))
+
+
+def test_constant_lr_checkpoint_equals_a_shorter_build(tok):
+    """With min_lr_ratio=1 the weights after k steps of a longer SFT run are those of a run with
+    steps=k (same data stream, same lr sequence): a run's checkpoints are candidate students."""
+    import dataclasses
+
+    import torch
+
+    from opsd.toy.build import quick_config, train_sft
+
+    cfg = quick_config()
+    long = dataclasses.replace(cfg.student, steps=5, warmup_steps=2, min_lr_ratio=1.0)
+    seen = {}
+    train_sft("s", long, tok, cfg, 1, callback=lambda step, m: seen.setdefault(step, {
+        k: v.detach().clone() for k, v in m.state_dict().items()}))
+    short, _ = train_sft("s", dataclasses.replace(long, steps=3), tok, cfg, 1)
+    assert all(torch.equal(seen[3][k], v) for k, v in short.state_dict().items())
+    assert not all(torch.equal(seen[5][k], v) for k, v in short.state_dict().items())

@@ -57,6 +57,13 @@ class TipSelector:
         self.last_diagnostics = sel.diagnostics
         return sel
 
+    @property
+    def keeps_all_tokens(self) -> bool:
+        """At ratio 1 every rule but adaptive_kl keeps every token with weight 1 (importance weights
+        are exactly 1 there), so opsd may compute the statistics inside the loss pass (the flag of
+        ``opsd.hooks``). No TIP rule reads ``stats.teacher_topk_kl``: no ``needs_topk_kl``."""
+        return self.config.ratio >= 1 and self.config.rule != "adaptive_kl"
+
     def __repr__(self) -> str:
         return f"TipSelector({self.selector_name})"
 

@@ -1,6 +1,6 @@
 """Build the embedded default world: tokenizer, prompt files, and a trained teacher and student.
 
-    python -m opsd.toy.build --out artifacts/toy            # ~5 min on 2 CPU cores
+    python -m opsd.toy.build --out artifacts/toy            # 15-45 min on 2 CPU cores (the teacher)
     python -m opsd.toy.build --out /tmp/toy --quick         # seconds; untrained, for tests
 
 Layout of ``--out``::

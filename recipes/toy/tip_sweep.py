@@ -1,34 +1,67 @@
-"""TIP rules on the embedded default: several seeds per rule, then one table.
+"""The paper's tables at CPU scale: TIP rules × seeds on the embedded default, in the paper's layout.
 
-    python recipes/toy/tip_sweep.py                       # 5 rules x 3 seeds (the issue's set)
-    python recipes/toy/tip_sweep.py --seeds 0 --rules all:1.0,soft_or:0.2 --steps 10
+    python recipes/toy/tip_sweep.py --tables 3,4,5,6,8           # make cpu-tables (an hour or more)
+    python recipes/toy/tip_sweep.py --rules all:1.0,soft_or:0.2 --seeds 0 --steps 10
+    python recipes/toy/tip_sweep.py --tables 3 --seeds 0 --steps 2 --world /tmp/quick   # smoke
 
-Every run is a fresh ``python -m opsd.train`` process on ``recipes/toy/opd.yaml`` with
-``tip.rule``/``tip.ratio``/``train.seed`` overrides (``all`` keeps every token: plain OPD,
-with the quadrants logged). After training, the exported student is scored by ``python -m eval.run
---bench toy`` (mean@n at temperature 1). A run whose folder already holds its results is not
-repeated, so an interrupted sweep resumes. The report (Markdown) has, per rule: held-out greedy
-accuracy before/after (mean ± sample std over seeds), mean@n, the TIP quadrant fractions of the
-student's tokens (mean over steps and seeds) and the share of each quadrant's tokens the rule kept
-(token-weighted over steps, mean over seeds),
-and wall time; then ``eval.compare``'s table of the seed-0 runs against the ``all`` baseline.
+Rows: ``--tables`` takes the same rules and retention ratios as ``recipes/paper/table*.sh`` (the
+union over the tables; every table also needs the all-token baseline); ``--rules RULE:RATIO,...``
+picks them by hand instead. Every (rule, ratio, seed) is one fresh ``python -m opsd.train`` on
+``recipes/toy/opd.yaml`` with ``tip.rule``/``tip.ratio``/``train.seed`` overrides (rule ``all`` also
+goes through the ``tip`` section, which keeps every token like plain OPD and logs the quadrants),
+then ``python -m eval.run --bench toy`` (mean@n at T = 1, fixed evaluation seed 0) on its export.
+
+Seeds: ``train.seed`` changes the order of the training prompts, the rollout sampling and the TIP
+selector's sampling (``tip.seed`` defaults to ``train.seed``); it does not change the world (the
+teacher, the student's starting weights and the prompt files are those of ``--world``), nor the
+held-out problems or the evaluation's sampling seed. So the spread over seeds is the spread of OPD
+itself on one fixed world.
+
+Resumable: a run whose folder holds its export and metrics is not retrained, a complete results
+file is not re-evaluated; interrupt and rerun the same command to continue. The report (Markdown,
+``OUT/report.md``) has one table per paper table in ``eval.compare``'s layout, each cell the mean ±
+SE over seeds, the paired difference to the all-token baseline (per seed, then mean ± SE) and the
+paper's numbers in rows of their own; a per-rule summary (greedy accuracy before/after, TIP
+quadrants, kept share per quadrant, kept tokens, wall time); every run's numbers; the claim lines
+(``claims``); and ``OUT/accuracy_vs_ratio.png`` (Figure 1's shape). ``--readme README.md`` rewrites
+the block between the ``cpu-tables`` markers of that file with the claim lines.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-DEFAULT_RULES = "all:1.0,entropy_sample:0.5,soft_or:0.5,soft_or:0.2,q3:0.2"
 ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_RULES = "all:1.0,entropy_sample:0.5,soft_or:0.5,soft_or:0.2,q3:0.2"
+PAIR = "toy"  # the pair tag of every run (eval.compare groups by it)
+BENCH = "toy"
+# The paper's rows per table, as recipes/paper/table*.sh run them (rule, retention ratio).
+TABLE_ROWS: Dict[str, List[Tuple[str, float]]] = {
+    "3": [("all", 1.0), ("entropy_sample", 0.5), ("entropy_sample", 0.2), ("entropy_sample", 0.1)],
+    "4": [("all", 1.0), ("q3", 0.2), ("q3", 0.1)],
+    "5": [("all", 1.0), ("entropy_sample", 0.5), ("entropy_sample", 0.2), ("soft_or", 0.5), ("soft_or", 0.2)],
+    "6": [("all", 1.0), ("soft_or", 0.5), ("soft_or_bottom", 0.5)],
+    "8": [("all", 1.0)] + [(r, q) for r in ("entropy_sample", "adaptive_kl") for q in (0.5, 0.2, 0.1)],
+}
+README_BEGIN, README_END = "<!-- cpu-tables:begin -->", "<!-- cpu-tables:end -->"
+
+Rule = Tuple[str, float]
 
 
-def parse_rules(text: str):
+# ---------------------------------------------------------------------------------------------
+# what to run
+
+
+def parse_rules(text: str) -> List[Rule]:
     out = []
     for item in filter(None, (s.strip() for s in text.split(","))):
         rule, _, ratio = item.partition(":")
@@ -39,146 +72,464 @@ def parse_rules(text: str):
     return out
 
 
+def rules_for_tables(tables: Sequence[str]) -> List[Rule]:
+    """The union of the tables' rows, all-token baseline first, each once."""
+    bad = [t for t in tables if t not in TABLE_ROWS]
+    if bad:
+        raise SystemExit(f"--tables: {bad} not among the CPU tables {sorted(TABLE_ROWS)} "
+                         "(Table 7 needs the agentic world)")
+    rows = [("all", 1.0)] + [r for t in tables for r in TABLE_ROWS[t]]
+    return list(dict.fromkeys(rows))
+
+
 def run_name(rule: str, ratio: float, seed: int) -> str:
     return f"{rule}-{ratio:g}-s{seed}"
 
 
-def read_metrics(path: Path):
+def read_metrics(path: Path) -> List[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def train_one(args, world: Path, rule: str, ratio: float, seed: int, out: Path) -> float:
-    if (out / "export" / "config.json").exists() and (out / "metrics.jsonl").exists():
-        return 0.0  # done before
+def trained(out: Path) -> bool:
+    return (out / "export" / "config.json").exists() and (out / "metrics.jsonl").exists()
+
+
+def evaluated(out: Path) -> bool:
+    try:
+        return json.loads((out / "eval_toy.json").read_text()).get("status") == "complete"
+    except (OSError, ValueError):
+        return False
+
+
+def _timing(out: Path) -> dict:
+    try:
+        return json.loads((out / "timing.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _record_time(out: Path, key: str, seconds: float) -> None:
+    t = _timing(out)
+    t[key] = round(seconds, 1)
+    (out / "timing.json").write_text(json.dumps(t) + "\n")
+
+
+def train_one(args, world: Path, rule: str, ratio: float, seed: int, out: Path) -> None:
     cmd = [sys.executable, "-m", "opsd.train", "--config", str(ROOT / "recipes/toy/opd.yaml"),
            f"model.student={world / 'student'}", f"model.teacher={world / 'teacher'}",
            f"data.train_files=[{world / 'train.jsonl'}]", f"train.eval_files=[{world / 'heldout.jsonl'}]",
            f"train.output_dir={out}", f"train.seed={seed}", f"train.max_steps={args.steps}",
-           f"train.eval_limit={args.eval_limit}", "train.resume=never", "logging.progress=false", *args.override]
-    # rule `all` also goes through the tip section (same selection as no patch, tested in
-    # tests/tip) so that its quadrant fractions are logged too.
-    cmd += [f"tip.rule={rule}", f"tip.ratio={ratio}"]
+           f"train.eval_limit={args.eval_limit}", "train.resume=never", "logging.progress=false",
+           f"tip.rule={rule}", f"tip.ratio={ratio}", *args.override]
     t0 = time.time()
     subprocess.run(cmd, check=True, cwd=ROOT)
-    wall = time.time() - t0
-    (out / "sweep_wall_s.txt").write_text(f"{wall:.1f}\n")
-    return wall
+    _record_time(out, "train_s", time.time() - t0)
 
 
-def eval_one(args, world: Path, rule: str, ratio: float, seed: int, out: Path, model: Path = None) -> Path:
-    res = out / "eval_toy.json"
-    out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "eval.run", "--model", str(model or out / "export"), "--bench", "toy",
-           "--n", str(args.n), "--temperature", "1.0", "--limit", str(args.eval_limit), "--seed", "0",
-           "--out", str(res), "--no-progress"]
-    if model is None:  # a trained run (the untrained student carries no rule tags)
-        cmd += ["--tag", f"rule={rule}", "--tag", f"ratio={ratio:g}", "--tag", f"seed={seed}"]
+def eval_one(args, world: Path, model: Path, res: Path, tags: Sequence[str]) -> None:
+    res.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "eval.run", "--model", str(model), "--bench", BENCH, "--n", str(args.n),
+           "--temperature", "1.0", "--limit", str(args.eval_limit), "--seed", "0", "--out", str(res),
+           "--no-progress", *[x for t in tags for x in ("--tag", t)]]
+    t0 = time.time()
     subprocess.run(cmd, check=True, cwd=ROOT, env={**os.environ, "OPSD_TOY_DIR": str(world)})
-    return res
+    _record_time(res.parent, "eval_s", time.time() - t0)
 
 
-def mean_std(xs, digits: int = 3):
+def run_all(args, world: Path, out_root: Path, rules: Sequence[Rule], seeds: Sequence[int],
+            train: Callable = train_one, evaluate: Callable = eval_one) -> int:
+    """Train and evaluate what is not done yet; returns how many steps (train or eval) ran."""
+    ran = 0
+    before = out_root / "before"
+    if not evaluated(before):
+        print("[0] the student before OPD", flush=True)
+        evaluate(args, world, world / "student", before / "eval_toy.json", [f"pair={PAIR}-before"])
+        ran += 1
+    total = len(rules) * len(seeds)
+    for k, (rule, ratio, seed) in enumerate(((r, q, s) for r, q in rules for s in seeds), 1):
+        d = out_root / run_name(rule, ratio, seed)
+        state = "done" if trained(d) and evaluated(d) else "running"
+        print(f"[{k}/{total}] {d.name} ({state})", flush=True)
+        if not trained(d):
+            train(args, world, rule, ratio, seed, d)
+            ran += 1
+        if not evaluated(d):
+            evaluate(args, world, d / "export", d / "eval_toy.json",
+                     [f"pair={PAIR}", f"rule={rule}", f"ratio={ratio:g}", f"seed={seed}"])
+            ran += 1
+    return ran
+
+
+# ---------------------------------------------------------------------------------------------
+# collecting and aggregating
+
+
+@dataclass
+class RunResult:
+    rule: str
+    ratio: float
+    seed: int
+    mean_at_n: float  # percent, mean@n at T = 1 on the held-out problems
+    greedy_before: Optional[float]  # percent, the trainer's own greedy evaluation
+    greedy_after: Optional[float]
+    kept_tokens: float  # tokens that entered the loss, summed over steps
+    tokens: float  # response tokens seen, summed over steps
+    wall_s: Optional[float]  # training + evaluation
+    quadrants: Dict[str, float] = field(default_factory=dict)  # q1..q4 fraction (mean over steps)
+    kept_share: Dict[str, float] = field(default_factory=dict)  # q1..q4 kept share (token-weighted)
+
+
+def mean_at_n(results_path: Path) -> float:
+    """mean@n in percent, computed by eval.compare from the results file."""
+    from eval.compare import Run
+    from eval.results import load_results
+
+    v = Run(results_path, load_results(results_path)).value(BENCH)
+    if v is None:
+        raise SystemExit(f"{results_path}: no problems of benchmark {BENCH!r}")
+    return v.mean
+
+
+def collect_run(d: Path, rule: str, ratio: float, seed: int) -> Optional[RunResult]:
+    if not (trained(d) and evaluated(d)):
+        return None
+    m = read_metrics(d / "metrics.jsonl")
+    evals = [100 * r["eval/accuracy"] for r in m if "eval/accuracy" in r]
+    steps = [r for r in m if "tokens" in r and "kept_frac" in r]
+    quad, kept = {}, {}
+    tip = [r for r in steps if "tip/q1_frac" in r]
+    for q in "1234":
+        if tip:
+            quad[f"q{q}"] = statistics.mean(r[f"tip/q{q}_frac"] for r in tip)
+            w = [r[f"tip/q{q}_frac"] * r["tokens"] for r in tip]
+            if sum(w) > 0:  # token-weighted over steps (an empty quadrant logs kept share 0)
+                kept[f"q{q}"] = sum(r[f"tip/q{q}_kept"] * x for r, x in zip(tip, w)) / sum(w)
+    t = _timing(d)
+    wall = sum(t.values()) if t else None
+    return RunResult(rule, ratio, seed, mean_at_n(d / "eval_toy.json"), evals[0] if evals else None,
+                     evals[-1] if len(evals) > 1 else None, sum(r["kept_frac"] * r["tokens"] for r in steps),
+                     sum(r["tokens"] for r in steps), wall, quad, kept)
+
+
+Agg = Dict[Rule, Dict[int, RunResult]]
+
+
+def collect(out_root: Path, rules: Sequence[Rule], seeds: Sequence[int]) -> Agg:
+    agg: Agg = {}
+    for rule, ratio in rules:
+        for seed in seeds:
+            r = collect_run(out_root / run_name(rule, ratio, seed), rule, ratio, seed)
+            if r is not None:
+                agg.setdefault((rule, ratio), {})[seed] = r
+    return agg
+
+
+@dataclass
+class Estimate:
+    mean: float
+    se: Optional[float]  # standard error over seeds (None with one seed)
+    k: int  # seeds
+
+    def __str__(self) -> str:
+        return f"{self.mean:.1f}" + (f" ± {self.se:.1f}" if self.se is not None else "")
+
+    def signed(self) -> str:
+        return f"{self.mean:+.1f}" + (f" ± {self.se:.1f}" if self.se is not None else "")
+
+
+def estimate(xs: Sequence[float]) -> Optional[Estimate]:
     xs = [x for x in xs if x is not None]
     if not xs:
-        return "n/a"
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{statistics.mean(xs):.{digits}f} ± {sd:.{digits}f}"
+        return None
+    se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else None
+    return Estimate(statistics.mean(xs), se, len(xs))
 
 
-def summarize(out_root: Path, rules, seeds, n: int) -> str:
-    from eval.results import load_results  # noqa: F401  (fails early if eval is broken)
+def accuracy(agg: Agg, rule: Rule) -> Optional[Estimate]:
+    return estimate([r.mean_at_n for r in agg.get(rule, {}).values()])
 
-    lines = [f"| rule | ratio | seeds | greedy acc before | greedy acc after | mean@{n} (T=1) after | "
-             "Q1 / Q2 / Q3 / Q4 fraction | kept share of Q1 / Q2 / Q3 / Q4 | train wall s |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for rule, ratio in rules:
-        before, after, meank, walls, quad, kept = [], [], [], [], {q: [] for q in "1234"}, {q: [] for q in "1234"}
-        for seed in seeds:
-            d = out_root / run_name(rule, ratio, seed)
-            m = read_metrics(d / "metrics.jsonl")
-            evals = [r["eval/accuracy"] for r in m if "eval/accuracy" in r]
-            before.append(evals[0] if evals else None)
-            after.append(evals[-1] if len(evals) > 1 else None)
-            steps = [r for r in m if "tip/q1_frac" in r]
-            for q in "1234":
-                if steps:
-                    quad[q].append(statistics.mean(r[f"tip/q{q}_frac"] for r in steps))
-                    # token-weighted over steps (a step whose quadrant is empty logs kept share 0)
-                    n_q = [r[f"tip/q{q}_frac"] * r.get("tokens", 1.0) for r in steps]
-                    if sum(n_q) > 0:
-                        kept[q].append(sum(r[f"tip/q{q}_kept"] * w for r, w in zip(steps, n_q)) / sum(n_q))
-            res = json.loads((d / "eval_toy.json").read_text())
-            meank.append(_mean_at_n(res))
-            w = d / "sweep_wall_s.txt"
-            walls.append(float(w.read_text()) if w.exists() else None)
-        qf = " / ".join(f"{statistics.mean(quad[q]):.2f}" for q in "1234") if quad["1"] else "n/a"
-        kf = " / ".join(f"{statistics.mean(kept[q]):.2f}" if kept[q] else "n/a" for q in "1234")
-        lines.append(f"| {rule} | {ratio:g} | {len(seeds)} | {mean_std(before)} | {mean_std(after)} | "
-                     f"{mean_std(meank)} | {qf} | {kf} | {mean_std(walls, 0)} |")
+
+def paired(agg: Agg, a: Rule, b: Rule) -> Optional[Estimate]:
+    """a − b in points, per seed (seeds both have), then mean ± SE over seeds."""
+    ra, rb = agg.get(a, {}), agg.get(b, {})
+    return estimate([ra[s].mean_at_n - rb[s].mean_at_n for s in sorted(set(ra) & set(rb))])
+
+
+# ---------------------------------------------------------------------------------------------
+# rendering: eval.compare's paper layouts, cells from the seed aggregates
+
+
+@dataclass
+class _Stub:
+    """What eval.compare's layout builders read from a run: its pair and benchmarks."""
+
+    pair: str
+    benches: List[str]
+
+
+def _layout(number: str):
+    from eval import compare
+    from eval.paper_tables import MATH_BENCHES, TABLES
+
+    stubs = [_Stub(PAIR, [BENCH])]
+    if number != "8":  # Table 8's layout already adds the paper's benchmarks (pair not stated)
+        stubs += [_Stub(p, list(MATH_BENCHES)) for p in TABLES[number].pairs]
+    builders = {"6": compare.layout_table6, "8": compare.layout_table8}
+    return builders[number](stubs) if number in builders else compare.layout_pair_rows(number, stubs)
+
+
+def _paper_cell(slot) -> str:
+    from eval.paper_tables import TABLES
+
+    c = slot.paper
+    if c is None:
+        return "—"
+    base = TABLES[c.table].cell(c.pair, c.benchmark, "all", 1.0)
+    d = f" ({c.mean - base.mean:+.1f})" if base is not None and c.rule != "all" else ""
+    return f"{c.mean:.1f}" + (f" ± {c.se:.1f}" if c.se is not None else "") + d
+
+
+def _our_cell(slot, agg: Agg) -> str:
+    rule = next(((r, slot.ratio) for r in (slot.rule,) + tuple(slot.also_rules) if (r, slot.ratio) in agg), None)
+    if rule is None:
+        return "—"
+    d = paired(agg, rule, ("all", 1.0)) if rule != ("all", 1.0) else None
+    return f"{accuracy(agg, rule)}" + (f" ({d.signed()})" if d else "")
+
+
+def render_table(number: str, agg: Agg) -> str:
+    from eval.paper_tables import TABLES
+
+    cols, rows = _layout(number)
+    out = [f"### Table {number} (CPU): {TABLES[number].title}", "",
+           "| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for label, slots in rows:
+        ours = any(s is not None and s.pair == PAIR and s.bench == BENCH for s in slots)
+        if ours:  # Table 8's rows go on with the method ("toy / toy / Adaptive KL")
+            label = "**toy world (ours), held-out mean@n**" + "".join(" / " + p for p in label.split(" / ")[2:])
+        elif label.startswith("toy / "):  # Table 8: the paper's benchmarks under our pair's rows
+            label = "paper (pair not stated) / " + label[len("toy / "):]
+        else:
+            label = "paper: " + label
+        cells = [("—" if s is None else _our_cell(s, agg) if s.pair == PAIR and s.bench == BENCH else _paper_cell(s))
+                 for s in slots]
+        if ours or any(c != "—" for c in cells):
+            out.append(f"| {label} | " + " | ".join(cells) + " |")
+    out += ["", "Ours: mean ± SE over seeds (paired Δ to all tokens, per seed, mean ± SE). Paper: value ± its "
+            "± (Δ to the pair's all-token baseline)."]
+    return "\n".join(out)
+
+
+def render_summary(agg: Agg, rules: Sequence[Rule], n: int) -> str:
+    lines = [f"| rule | ratio | seeds | greedy before | greedy after | mean@{n} (T=1) | Δ vs all (paired) | "
+             "Q1 / Q2 / Q3 / Q4 fraction | kept share Q1 / Q2 / Q3 / Q4 | kept tokens / run | wall s / run |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for rule in rules:
+        runs = list(agg.get(rule, {}).values())
+        if not runs:
+            lines.append(f"| {rule[0]} | {rule[1]:g} | 0 | not run yet | | | | | | | |")
+            continue
+        d = paired(agg, rule, ("all", 1.0)) if rule != ("all", 1.0) else None
+        qf = " / ".join(f"{statistics.mean(r.quadrants[q] for r in runs):.2f}" for q in ("q1", "q2", "q3", "q4")) \
+            if all(r.quadrants for r in runs) else "n/a"
+        kf = " / ".join(_mean_str([r.kept_share.get(q) for r in runs], 2) for q in ("q1", "q2", "q3", "q4"))
+        lines.append(f"| {rule[0]} | {rule[1]:g} | {len(runs)} | {estimate([r.greedy_before for r in runs])} | "
+                     f"{estimate([r.greedy_after for r in runs])} | {accuracy(agg, rule)} | "
+                     f"{d.signed() if d else '—'} | {qf} | {kf} | "
+                     f"{statistics.mean(r.kept_tokens for r in runs):,.0f} | {_mean_str([r.wall_s for r in runs], 0)} |")
     return "\n".join(lines)
 
 
-def _mean_at_n(res: dict):
-    """mean@n of the toy benchmark from an eval.run results file."""
-    bench = res["benchmarks"]["toy"] if "benchmarks" in res else res
-    metrics = bench.get("metrics", bench)
-    for key in ("mean@%d" % res.get("config", {}).get("n", 0), "mean"):
-        if key in metrics:
-            v = metrics[key]
-            return v["value"] if isinstance(v, dict) else v
-    for key, v in metrics.items():
-        if key.startswith("mean@"):
-            return v["value"] if isinstance(v, dict) else v
-    return None
+def _mean_str(xs, digits: int) -> str:
+    xs = [x for x in xs if x is not None]
+    return f"{statistics.mean(xs):.{digits}f}" if xs else "n/a"
 
 
-def main(argv=None) -> int:
+def render_runs(agg: Agg) -> str:
+    lines = ["| run | mean@n | greedy before → after | kept tokens | of tokens | wall s |", "|---|---|---|---|---|---|"]
+    for rule, by_seed in agg.items():
+        for seed, r in sorted(by_seed.items()):
+            ga = f"{r.greedy_before:.1f} → {r.greedy_after:.1f}" if r.greedy_after is not None else "n/a"
+            lines.append(f"| {run_name(rule[0], rule[1], seed)} | {r.mean_at_n:.1f} | {ga} | {r.kept_tokens:,.0f} | "
+                         f"{r.tokens:,.0f} | {_mean_str([r.wall_s], 0)} |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# the paper's claims, tested on the toy
+
+
+def _verdict(d: Optional[Estimate], holds: bool, what: str) -> str:
+    if d is None:
+        return "not run yet"
+    sig = d.se is not None and abs(d.mean) > 2 * d.se
+    noise = "beyond 2 SE" if sig else "within 2 SE" if d.se is not None else "one seed, no SE"
+    return f"{'holds' if holds else 'does not hold'}: {what} {d.signed()} points ({noise}, {d.k} seeds)"
+
+
+def _near(d: Estimate, tol: float) -> bool:
+    """|Δ| within max(tol points, 2 SE): indistinguishable from the baseline at this scale."""
+    return abs(d.mean) <= max(tol, 2 * (d.se or 0.0))
+
+
+def claims(agg: Agg, near_tol: float = 1.0) -> List[str]:
+    """One line per claim of the paper, with its verdict on the toy, from the seed aggregates."""
+    all_ = ("all", 1.0)
+    lines = []
+    d = paired(agg, ("entropy_sample", 0.5), all_)
+    lines.append("50 % entropy sampling ≥ all tokens (Table 3) — " +
+                 _verdict(d, d is not None and d.mean >= 0, "Δ(entropy 50 % − all) ="))
+    parts = []
+    for q in (0.2, 0.1):
+        d = paired(agg, ("q3", q), all_)
+        parts.append(f"{q:.0%} " + _verdict(d, d is not None and _near(d, near_tol), "Δ(Q3 − all) ="))
+    lines.append(f"Q3-only at 10–20 % near all tokens (Table 4; near = |Δ| ≤ max({near_tol:g}, 2 SE)) — "
+                 + "; ".join(parts))
+    d = paired(agg, ("soft_or", 0.2), ("entropy_sample", 0.2))
+    lines.append("Soft-OR ≥ entropy-only at 20 % (Table 5) — " +
+                 _verdict(d, d is not None and d.mean >= 0, "Δ(Soft-OR − entropy) ="))
+    d = paired(agg, ("soft_or", 0.5), ("soft_or_bottom", 0.5))
+    lines.append("top 50 % ≫ bottom 50 % by Soft-OR (Table 6; ≫ = positive beyond 2 SE) — " +
+                 _verdict(d, d is not None and d.se is not None and d.mean > 2 * d.se, "Δ(top − bottom) ="))
+    parts = []
+    for q in (0.5, 0.2, 0.1):
+        d = paired(agg, ("adaptive_kl", q), ("entropy_sample", q))
+        better = d is not None and d.se is not None and d.mean > 2 * d.se
+        parts.append(f"{q:.0%} " + _verdict(d, d is not None and not better, "Δ(adaptive − sampling) ="))
+    lines.append("adaptive KL no better than sampling (Table 8; better = positive beyond 2 SE) — " + "; ".join(parts))
+    return lines
+
+
+def readme_block(agg: Agg, seeds: Sequence[int], steps: int, n: int, wall_s: float) -> str:
+    cl = claims(agg)
+    done = sum(len(v) for v in agg.values())
+    head = (f"Generated by `make cpu-tables` ({done} runs: {steps} OPD steps each, seeds "
+            f"{', '.join(map(str, seeds))}, mean@{n} at T = 1 on the held-out problems; total wall time "
+            f"{wall_s / 60:.0f} min). Paired Δ over seeds, ± one SE:")
+    if not agg:
+        head = "Not yet run: `make cpu-tables` writes the claim lines here."
+    return "\n".join([README_BEGIN, head, ""] + [f"- {c}" for c in cl] + [README_END])
+
+
+def update_readme(path: Path, block: str) -> None:
+    text = path.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        raise SystemExit(f"{path}: no '{README_BEGIN}' … '{README_END}' block to replace")
+    head, rest = text.split(README_BEGIN, 1)
+    tail = rest.split(README_END, 1)[1]
+    path.write_text(head + block + tail)
+
+
+# ---------------------------------------------------------------------------------------------
+# the figure
+
+
+def plot(agg: Agg, path: Path) -> None:
+    """Accuracy vs retention ratio per rule, ours (mean ± SE over seeds) and the paper's Qwen3-8B→4B
+    MATH-500 (Figure 1's shape)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    from eval.paper_tables import RULE_LABELS, find
+
+    fig, (ax, axp) = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    base = accuracy(agg, ("all", 1.0))
+    rules = list(dict.fromkeys(r for r, _ in agg if r != "all"))
+    for k, rule in enumerate(rules):
+        pts = sorted((q, accuracy(agg, (rule, q))) for r, q in agg if r == rule)
+        ax.errorbar([q for q, _ in pts], [e.mean for _, e in pts], yerr=[e.se or 0 for _, e in pts],
+                    marker="o", capsize=3, color=f"C{k}", label=RULE_LABELS.get(rule, rule))
+        paper = sorted({(c.ratio, c.mean) for q in (0.1, 0.2, 0.5) for c in find("qwen3-8b-4b", "math500", rule, q)})
+        if rule == "adaptive_kl":
+            paper = sorted({(c.ratio, c.mean) for q in (0.1, 0.2, 0.5)
+                            for c in find("unstated", "math500", rule, q, table="8")})
+        if paper:
+            axp.plot(*zip(*paper), marker="x", linestyle="--", color=f"C{k}", label=RULE_LABELS.get(rule, rule))
+    if base:
+        ax.axhline(base.mean, color="gray", linestyle=":", label="all tokens")
+        ax.axhspan(base.mean - (base.se or 0), base.mean + (base.se or 0), color="gray", alpha=0.15)
+    axp.axhline(76.7, color="gray", linestyle=":", label="all tokens")
+    ax.set_title("toy world (ours): held-out mean@n", fontsize=9)
+    axp.set_title("paper: Qwen3-8B→4B, MATH-500 (adaptive KL: Table 8)", fontsize=9)
+    for a in (ax, axp):
+        a.set_xlabel("retention ratio")
+        a.set_ylabel("accuracy (%)")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def report(args, out_root: Path, rules: Sequence[Rule], tables: Sequence[str], wall_s: float) -> str:
+    agg = collect(out_root, rules, args.seeds)
+    before = out_root / "before" / "eval_toy.json"
+    total_run_s = sum(r.wall_s or 0 for v in agg.values() for r in v.values())
+    parts = ["# The paper's tables at CPU scale (embedded default)", "",
+             f"{len(args.seeds)} seed(s) per row ({', '.join(map(str, args.seeds))}), {args.steps} OPD steps per "
+             f"run, mean@{args.n} at T = 1 on {args.eval_limit} held-out problems. Seeds change prompt order, "
+             "rollout sampling and selection sampling, not the world.",
+             f"Wall time: this invocation {wall_s:.0f} s; all runs' training + evaluation {total_run_s:.0f} s.", ""]
+    if evaluated(out_root / "before"):
+        parts += [f"The student before OPD: mean@{args.n} {mean_at_n(before):.1f} %.", ""]
+    parts += ["## Claims", ""] + [f"- {c}" for c in claims(agg)] + [""]
+    for t in tables:
+        parts += [render_table(t, agg), ""]
+    parts += ["## Per rule", "", render_summary(agg, rules, args.n), "", "## Per run", "", render_runs(agg), "",
+              "![accuracy vs retention ratio](accuracy_vs_ratio.png)", ""]
+    if agg:
+        plot(agg, out_root / "accuracy_vs_ratio.png")
+    return "\n".join(parts)
+
+
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--world", default="artifacts/toy", help="toy world folder (built if missing)")
-    ap.add_argument("--out", default="runs/toy-sweep", help="one sub-folder per run")
-    ap.add_argument("--rules", default=DEFAULT_RULES, help=f"RULE:RATIO list (default {DEFAULT_RULES})")
+    ap.add_argument("--out", default=None, help="one sub-folder per run (default runs/cpu-tables with "
+                    "--tables, else runs/toy-sweep)")
+    ap.add_argument("--tables", default=None, help="paper tables, e.g. 3,4,5,6,8 (their rows and layouts)")
+    ap.add_argument("--rules", default=None, help=f"RULE:RATIO list instead of --tables (default {DEFAULT_RULES})")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=200, help="optimizer steps per run (the recipe's own)")
     ap.add_argument("--eval-limit", type=int, default=256, help="held-out problems scored")
     ap.add_argument("--n", type=int, default=4, help="samples per problem for mean@n")
     ap.add_argument("--report", default=None, help="Markdown report (default OUT/report.md)")
+    ap.add_argument("--readme", default=None, help="rewrite the claim block between the cpu-tables markers")
+    ap.add_argument("--report-only", action="store_true", help="render what is finished; train nothing")
     ap.add_argument("override", nargs="*", help="extra dotted overrides for every run")
-    args = ap.parse_args(argv)
-    rules = parse_rules(args.rules)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    t0 = time.time()
+    args = parse_args(argv)
+    tables = [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else []
+    rules = rules_for_tables(tables) if tables and not args.rules else parse_rules(args.rules or DEFAULT_RULES)
     world = Path(args.world).resolve()
     if not all((world / n).exists() for n in ("student", "teacher", "train.jsonl", "heldout.jsonl")):
         from opsd.toy.build import ensure_world  # a world that is present is used as it is
 
         ensure_world(str(world))
-    out_root = Path(args.out).resolve()
-    print("[0] the student before OPD", flush=True)
-    before = eval_one(args, world, "before", 0.0, 0, out_root / "before", model=world / "student")
-    total = len(rules) * len(args.seeds)
-    done = 0
-    for rule, ratio in rules:
-        for seed in args.seeds:
-            d = out_root / run_name(rule, ratio, seed)
-            done += 1
-            print(f"[{done}/{total}] {d.name}", flush=True)
-            train_one(args, world, rule, ratio, seed, d)
-            eval_one(args, world, rule, ratio, seed, d)
-    report = ["# TIP rules on the embedded default", "",
-              f"{len(args.seeds)} seed(s) per rule, {args.steps} steps, {args.eval_limit} held-out problems; "
-              f"`python recipes/toy/tip_sweep.py --seeds {' '.join(map(str, args.seeds))} --steps {args.steps}`", "",
-              f"The student before OPD: mean@{args.n} (T=1) {_mean_at_n(json.loads(before.read_text())):.3f} "
-              f"(same {args.eval_limit} problems, same sampling seed).", "",
-              summarize(out_root, rules, args.seeds, args.n), ""]
-    seed0 = [out_root / run_name(r, q, args.seeds[0]) / "eval_toy.json" for r, q in rules]
-    if rules[0][0] == "all" and len(seed0) > 1:
-        cmp = subprocess.run([sys.executable, "-m", "eval.compare", *map(str, seed0),
-                              "--plot", str(out_root / "accuracy_vs_ratio.png")],
-                             cwd=ROOT, capture_output=True, text=True)
-        report += [f"## eval.compare, seed {args.seeds[0]} (baseline: all)", "", cmp.stdout.strip() or cmp.stderr.strip(), ""]
-    text = "\n".join(report)
+    out_root = Path(args.out or ("runs/cpu-tables" if tables else "runs/toy-sweep")).resolve()
+    if not args.report_only:
+        run_all(args, world, out_root, rules, args.seeds)
+    wall = time.time() - t0
+    text = report(args, out_root, rules, tables, wall)
     path = Path(args.report) if args.report else out_root / "report.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+    if args.readme:
+        agg = collect(out_root, rules, args.seeds)
+        walls = sum(r.wall_s or 0 for v in agg.values() for r in v.values())
+        update_readme(Path(args.readme), readme_block(agg, args.seeds, args.steps, args.n, walls))
     print(text)
-    print(f"report: {path}")
+    print(f"report: {path}\ntotal wall time: {time.time() - t0:.0f} s")
     return 0
 
 

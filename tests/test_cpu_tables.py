@@ -1,0 +1,157 @@
+"""`make cpu-tables` (recipes/toy/tip_sweep.py): rows, resume, seed aggregation, paper layout, claims.
+
+Training and evaluation are replaced by fakes that write what the real commands write (an export
+config, metrics.jsonl, an eval.run results file), so the logic runs in milliseconds.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    spec = importlib.util.spec_from_file_location("tip_sweep", ROOT / "recipes/toy/tip_sweep.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["tip_sweep"] = mod  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def write_results(path: Path, correct_frac: float, n_problems: int = 40, n: int = 4, seed: int = 0) -> None:
+    """An eval.run-shaped results file whose mean@n is exactly ``correct_frac``."""
+    total = round(correct_frac * n_problems * n)
+    flags = [i < total for i in range(n_problems * n)]
+    random.Random(seed).shuffle(flags)
+    problems = [{"id": f"p{i}", "answer": "1", "prompt": "", "num_correct": sum(flags[i * n:(i + 1) * n]),
+                 "samples": [{"text": "", "correct": c, "extracted": "1" if c else "2", "finished": True,
+                              "num_tokens": 3, "timed_out": False} for c in flags[i * n:(i + 1) * n]]}
+                for i in range(n_problems)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"schema": "opsd-eval/1", "status": "complete", "config": {"temperature": 1.0},
+                                "tags": {}, "benchmarks": {"toy": {"version": "v1", "problems": problems}}}))
+
+
+def write_run(out: Path, kept_frac: float = 1.0, steps: int = 3) -> None:
+    (out / "export").mkdir(parents=True, exist_ok=True)
+    (out / "export" / "config.json").write_text("{}")
+    rows = [{"step": 0, "eval/accuracy": 0.2}]
+    rows += [{"step": s, "tokens": 100.0, "kept_frac": kept_frac, "tip/q1_frac": 0.1, "tip/q2_frac": 0.2,
+              "tip/q3_frac": 0.05, "tip/q4_frac": 0.65, "tip/q1_kept": 1.0, "tip/q2_kept": 1.0,
+              "tip/q3_kept": 1.0, "tip/q4_kept": kept_frac} for s in range(1, steps + 1)]
+    rows += [{"step": steps, "eval/accuracy": 0.5}]
+    (out / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (out / "timing.json").write_text(json.dumps({"train_s": 10.0}))
+
+
+# accuracy (fraction) per (rule, ratio) and seed: entropy 50 % beats all, bottom is far below top.
+ACC = {("all", 1.0): [0.50, 0.55, 0.45], ("entropy_sample", 0.5): [0.60, 0.65, 0.575],
+       ("soft_or", 0.5): [0.60, 0.60, 0.60], ("soft_or_bottom", 0.5): [0.20, 0.25, 0.15]}
+
+
+def fakes(acc):
+    calls = []
+
+    def train(args, world, rule, ratio, seed, out):
+        calls.append(("train", out.name))
+        write_run(out, kept_frac=ratio)
+
+    def evaluate(args, world, model, res, tags):
+        calls.append(("eval", res.parent.name))
+        key = next(((r, q) for r, q in acc if res.parent.name.startswith(f"{r}-{q:g}-")), None)
+        seed = int(res.parent.name.rsplit("-s", 1)[1]) if key else 0
+        write_results(res, acc[key][seed] if key else 0.2, seed=seed)
+
+    return calls, train, evaluate
+
+
+def test_rows_follow_the_paper_tables(sweep):
+    rows = sweep.rules_for_tables(["3", "4", "5", "6", "8"])
+    assert rows[0] == ("all", 1.0) and len(rows) == len(set(rows)) == 12
+    assert ("soft_or_bottom", 0.5) in rows and ("adaptive_kl", 0.1) in rows and ("q3", 0.1) in rows
+    assert sweep.rules_for_tables(["6"]) == [("all", 1.0), ("soft_or", 0.5), ("soft_or_bottom", 0.5)]
+    with pytest.raises(SystemExit, match="Table 7"):
+        sweep.rules_for_tables(["7"])
+
+
+def test_finished_runs_are_not_redone(sweep, tmp_path):
+    rules = list(ACC)
+    calls, train, evaluate = fakes(ACC)
+    args = SimpleNamespace()
+    assert sweep.run_all(args, tmp_path, tmp_path / "out", rules, [0, 1, 2], train, evaluate) == 1 + 2 * 12
+    assert sweep.run_all(args, tmp_path, tmp_path / "out", rules, [0, 1, 2], train, evaluate) == 0
+    # an interrupted evaluation (partial results file) is evaluated again, its training is kept
+    res = tmp_path / "out" / "q3-0.2-s0"
+    (tmp_path / "out" / "soft_or-0.5-s1" / "eval_toy.json").write_text('{"status": "partial"}')
+    calls.clear()
+    assert sweep.run_all(args, tmp_path, tmp_path / "out", rules, [0, 1, 2], train, evaluate) == 1
+    assert calls == [("eval", "soft_or-0.5-s1")] and not res.exists()
+
+
+def test_seed_aggregates_and_paired_difference(sweep, tmp_path):
+    _, train, evaluate = fakes(ACC)
+    sweep.run_all(SimpleNamespace(), tmp_path, tmp_path, list(ACC), [0, 1, 2], train, evaluate)
+    agg = sweep.collect(tmp_path, list(ACC), [0, 1, 2])
+    base = sweep.accuracy(agg, ("all", 1.0))
+    assert base.mean == pytest.approx(50.0) and base.se == pytest.approx(5.0 / 3 ** 0.5) and base.k == 3
+    d = sweep.paired(agg, ("entropy_sample", 0.5), ("all", 1.0))  # per seed +10, +10, +12.5
+    assert d.mean == pytest.approx(32.5 / 3) and d.se == pytest.approx((6.25 / 3) ** 0.5 / 3 ** 0.5)
+    r = agg[("soft_or", 0.5)][0]
+    assert r.kept_tokens == pytest.approx(150.0) and r.tokens == 300.0 and r.wall_s == pytest.approx(10.0)
+    assert r.greedy_before == pytest.approx(20.0) and r.greedy_after == pytest.approx(50.0)
+    assert r.quadrants["q3"] == pytest.approx(0.05) and r.kept_share["q4"] == pytest.approx(0.5)
+
+
+def test_paper_layout_and_claims(sweep, tmp_path):
+    _, train, evaluate = fakes(ACC)
+    sweep.run_all(SimpleNamespace(), tmp_path, tmp_path, list(ACC), [0, 1, 2], train, evaluate)
+    agg = sweep.collect(tmp_path, list(ACC), [0, 1, 2])
+    t3 = sweep.render_table("3", agg)
+    ours = next(line for line in t3.splitlines() if "ours" in line)
+    assert "| 50.0 ± 2.9 | 60.8 ± 2.2 (+10.8 ± 0.8) | — | — |" in ours
+    assert "paper: Qwen3-8B (GRPO) → Qwen3-4B / MATH-500 | 76.7 ± 0.7 | 78.6 ± 0.6 (+1.9)" in t3
+    t6 = sweep.render_table("6", agg)
+    assert "| 60.0 ± 0.0 (+10.0 ± 2.9) | 20.0 ± 2.9 (-30.0 ± 0.0) |" in t6 and "79.1 ± 0.8" in t6
+    t8 = sweep.render_table("8", agg)
+    assert "paper (pair not stated) / MATH-500 / Adaptive KL | — | 72.0 (+1.3)" in t8
+    assert "| **toy world (ours), held-out mean@n** / Adaptive KL | — | — | — | — |" in t8
+    lines = sweep.claims(agg)
+    assert len(lines) == 5
+    assert lines[0].startswith("50 % entropy sampling") and "— holds: Δ(entropy 50 % − all) = +10.8 ± 0.8" in lines[0]
+    assert "beyond 2 SE" in lines[0]
+    assert "— holds: Δ(top − bottom) = +40.0 ± 2.9" in lines[3]
+    assert "not run yet" in lines[1] and "not run yet" in lines[2] and "not run yet" in lines[4]
+    # a bottom half as good as the top half fails "≫"
+    flat = {**ACC, ("soft_or_bottom", 0.5): [0.60, 0.61, 0.59]}
+    _, train, evaluate = fakes(flat)
+    sweep.run_all(SimpleNamespace(), tmp_path, tmp_path / "flat", list(flat), [0, 1, 2], train, evaluate)
+    assert "does not hold" in sweep.claims(sweep.collect(tmp_path / "flat", list(flat), [0, 1, 2]))[3]
+
+
+def test_report_plot_and_readme_block(sweep, tmp_path):
+    _, train, evaluate = fakes(ACC)
+    sweep.run_all(SimpleNamespace(), tmp_path, tmp_path, list(ACC), [0, 1, 2], train, evaluate)
+    args = SimpleNamespace(seeds=[0, 1, 2], steps=3, n=4, eval_limit=40)
+    text = sweep.report(args, tmp_path, list(ACC), ["3", "6"], wall_s=12.0)
+    assert "### Table 3 (CPU)" in text and "### Table 6 (CPU)" in text and "| soft_or_bottom-0.5-s2 |" in text
+    assert (tmp_path / "accuracy_vs_ratio.png").stat().st_size > 0
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{sweep.README_BEGIN}\nstale claims\n{sweep.README_END}\ntail\n")
+    agg = sweep.collect(tmp_path, list(ACC), [0, 1, 2])
+    sweep.update_readme(readme, sweep.readme_block(agg, [0, 1, 2], 3, 4, 600.0))
+    text = readme.read_text()
+    assert "stale claims" not in text and text.endswith(f"{sweep.README_END}\ntail\n") and text.count("\n- ") == 5
+    assert "10 min" in text
+    empty = sweep.readme_block({}, [0], 3, 4, 0.0)
+    assert "Not yet run" in empty
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="cpu-tables"):
+        sweep.update_readme(readme, empty)
