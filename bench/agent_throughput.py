@@ -52,13 +52,13 @@ class _Timed:
 def run(backend_name: str, world: Path, episodes: int, temperature: float) -> dict:
     from transformers import AutoTokenizer
 
-    from opsd.data import EpisodeRows
     from opsd.rollout.agent import AgentConfig, AgentLoop
     from opsd.rollout.base import SamplingConfig
     from opsd.toy.agent_env import LookupEnv
 
     tok = AutoTokenizer.from_pretrained(world / "tokenizer")
-    rows = EpisodeRows.from_files([str(world / "heldout.jsonl")]).rows[:episodes]
+    # plain json lines: the vLLM venv has no `datasets` (opsd.data.EpisodeRows reads through it)
+    rows = [json.loads(line) for line in (world / "heldout.jsonl").read_text().splitlines() if line.strip()][:episodes]
     backend = _Timed(_backend(backend_name, world, tok))
     info = json.loads((world / "build_info.json").read_text())
     cfg = AgentConfig(max_turns=info["config"]["max_turns"], max_episode_tokens=info["config"]["max_episode_tokens"],
