@@ -242,9 +242,13 @@ def main(argv: Optional[List[str]] = None) -> None:
                   f"{info.source_rows} rows ({info.distinct_prompts} distinct, "
                   f"{info.dropped_conflicting} dropped for conflicting answers) -> {root / 'dapo'}")
     if args.deepplanning_db:
-        from eval.deepplanning.data import check_database_cli
+        from eval.deepplanning.data import TaskDataError, check_database_cli
 
-        if check_database_cli(args.deepplanning_db, root, source):
+        try:
+            bad = check_database_cli(args.deepplanning_db, root, source)
+        except TaskDataError as e:  # e.g. the queries file itself is missing: one line, no traceback
+            raise SystemExit(f"error: {e}") from None
+        if bad:
             raise SystemExit(1)
 
 
