@@ -285,7 +285,8 @@ def test_agent_loop_over_vllm_equals_hf():
     generate, tool turns included, up to genuine ties."""
     from transformers import AutoTokenizer
 
-    from opsd.data import EpisodeRows
+    import json
+
     from opsd.rollout.agent import AgentConfig, run_episodes
     from opsd.rollout.base import SamplingConfig
     from opsd.rollout.hf import HFGenerateBackend
@@ -293,7 +294,8 @@ def test_agent_loop_over_vllm_equals_hf():
     from opsd.toy.agent_env import LookupEnv
 
     tok = AutoTokenizer.from_pretrained(AGENT_WORLD / "tokenizer")
-    rows = EpisodeRows.from_files([str(AGENT_WORLD / "heldout.jsonl")]).rows[:16]
+    lines = (AGENT_WORLD / "heldout.jsonl").read_text().splitlines()[:16]
+    rows = [json.loads(line) for line in lines]  # (the vLLM venv has no `datasets`)
     cfg = AgentConfig(max_turns=4, max_episode_tokens=256, max_new_tokens=64)
     greedy = SamplingConfig(temperature=0.0)
     model = _student(AGENT_WORLD / "student")
