@@ -68,6 +68,9 @@ def main():
                   gathered_after=sum(p.data.numel() for p in sharded.model.parameters()))
     with open(os.path.join(out, f"rank{rank()}.json"), "w") as f:
         json.dump(result, f)
+    from opsd.engine import shutdown_distributed
+
+    shutdown_distributed()  # an orderly teardown, or rank 0 may abort at exit (opsd.engine)
 
 
 if __name__ == "__main__":

@@ -59,4 +59,10 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from opsd.engine import shutdown_distributed
+
+    try:
+        code = main()
+    finally:  # an orderly teardown keeps the exit code 0 (opsd.engine.shutdown_distributed)
+        shutdown_distributed(barrier=False)
+    sys.exit(code)
