@@ -9,13 +9,15 @@ uniform in [4, cap/8], 15 % in [cap/8, cap/2], 10 % in [0.8 cap, cap]; tokens dr
 the tokenizer's ordinary characters (the cost of a forward does not depend on which tokens).
 Each mode runs ``opsd.trainer.Trainer.update`` (teacher scoring + student forward/backward + the
 optimizer step; no generation) on the same rollouts in one process, modes interleaved over
-``--repeats`` rounds after a warm-up round; the median time per mode is reported.
+``--repeats`` rounds after a warm-up round; the median time per mode is reported, wall-clock and the
+process's CPU time (all its threads; less disturbed than wall-clock by other jobs on a shared machine).
 
 - ``padded``: ``engine.micro_batch_size`` sequences per micro-batch, in batch order (the default);
 - ``token-budget``: ``engine.micro_batch_tokens`` = the padded mode's largest micro-batch area
   (``micro_batch_size x (longest prompt + cap)``: the same peak activation size), sequences
   grouped by length, still padded;
-- ``packed``: the same budget, sequences packed in one row without padding (``engine.packing``).
+- ``packed``: the same budget, sequences packed in one row without padding (``engine.packing``),
+  attention per sequence (sdpa switched to ``opsd.varlen_attention``, as ``Trainer.setup`` does).
 
 Worlds: ``toy`` = the embedded default (artifacts/toy: Qwen3-architecture student d=64 x 2 layers,
 teacher d=128 x 4); ``qwen3-wide`` = random-weight Qwen3-architecture models built here (student
@@ -98,7 +100,7 @@ def long_tail_rollouts(tr, spec: dict, seed: int):
     rng = random.Random(seed)
     items = tr.train_data.batch(tr.sampler.next_batch())
     tok = tr.tokenizer
-    ordinary = [i for t, i in tok.get_vocab().items() if len(t) == 1 and t.isalnum()]
+    ordinary = sorted(i for t, i in tok.get_vocab().items() if len(t) == 1 and t.isalnum())  # vocab order varies
     prompts = [it["prompt_ids"] for it in items for _ in range(spec["n"])]
     lengths = long_tail_lengths(len(prompts), spec["cap"], rng)
     responses = [[rng.choice(ordinary) for _ in range(n - 1)] + [tok.eos_token_id] for n in lengths]
@@ -106,9 +108,18 @@ def long_tail_rollouts(tr, spec: dict, seed: int):
 
 
 def set_mode(tr, mode: str, budget: int) -> None:
+    """The engine options of ``mode``, and the attention a run with them gets at setup
+    (``Trainer._check_layout``): packed -> per-sequence sdpa (opsd.varlen_attention), else sdpa."""
+    from opsd import packing
+
     e = tr.cfg.engine
     e.micro_batch_tokens = None if mode == "padded" else budget
     e.packing = mode == "packed"
+    for model, role in ((tr.student, "student"), (tr.teacher.model, "teacher")):
+        if e.packing:
+            packing.prepare_attention(model, role)
+        else:
+            model.set_attn_implementation("sdpa")
 
 
 def run_world(world: str, repeats: int, seed: int) -> dict:
@@ -119,23 +130,26 @@ def run_world(world: str, repeats: int, seed: int) -> dict:
             rollouts = long_tail_rollouts(tr, spec, seed)
             longest_prompt = max(len(p) for p in rollouts.prompt_ids)
             budget = spec["micro_batch_size"] * (longest_prompt + spec["cap"])
-            times = {m: [] for m in MODES}
-            metrics = {}
+            times, cpu = {m: [] for m in MODES}, {m: [] for m in MODES}
+            metrics, attn = {}, {}
             for r in range(repeats + 1):  # round 0: warm-up, not timed
                 for mode in MODES:
                     set_mode(tr, mode, budget)
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), time.process_time()
                     m = tr.update(rollouts, None)
                     if r:
                         times[mode].append(time.perf_counter() - t0)
-                    metrics[mode] = m
+                        cpu[mode].append(time.process_time() - c0)
+                    metrics[mode], attn[mode] = m, tr.student.config._attn_implementation
         finally:
             tr.cleanup()
     lengths = [len(x) for x in rollouts.response_ids]
-    base = statistics.median(times["padded"])
+    base, base_cpu = statistics.median(times["padded"]), statistics.median(cpu["padded"])
     rows = {mode: dict(step_s=statistics.median(times[mode]), times=times[mode],
-                       ratio=statistics.median(times[mode]) / base, padding=metrics[mode]["padding_frac"],
-                       micro_batches=metrics[mode]["micro_batches"], loss=metrics[mode]["loss"]) for mode in MODES}
+                       ratio=statistics.median(times[mode]) / base, cpu_s=statistics.median(cpu[mode]),
+                       cpu_ratio=statistics.median(cpu[mode]) / base_cpu, padding=metrics[mode]["padding_frac"],
+                       micro_batches=metrics[mode]["micro_batches"], loss=metrics[mode]["loss"], attention=attn[mode])
+            for mode in MODES}
     return dict(world=world, sequences=len(lengths), cap=spec["cap"], budget=budget,
                 response_tokens=sum(lengths), response_len_median=statistics.median(lengths),
                 response_len_max=max(lengths), near_cap=sum(n >= 0.8 * spec["cap"] for n in lengths),
@@ -147,11 +161,12 @@ def report(res: dict) -> str:
             f"max {res['response_len_max']} tokens (cap {res['cap']}, {res['near_cap']} near it), "
             f"micro_batch_size {res['micro_batch_size']}, token budget {res['budget']}, "
             f"median of {res['repeats']} steps")
-    lines = [head, "| mode | micro-batches | padding | step time | vs padded | loss |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [head, "| mode | attention | micro-batches | padding | step time | vs padded | CPU time | vs padded | loss |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for mode, r in res["modes"].items():
-        lines.append(f"| {mode} | {r['micro_batches']} | {100 * r['padding']:.1f} % | {r['step_s']:.2f} s | "
-                     f"{r['ratio']:.2f}x | {r['loss']:.6f} |")
+        lines.append(f"| {mode} | {r['attention']} | {r['micro_batches']} | {100 * r['padding']:.1f} % | "
+                     f"{r['step_s']:.2f} s | {r['ratio']:.2f}x | {r['cpu_s']:.2f} s | {r['cpu_ratio']:.2f}x | "
+                     f"{r['loss']:.6f} |")
     return "\n".join(lines)
 
 

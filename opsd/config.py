@@ -161,7 +161,8 @@ class OptimConfig:
 
 
 # Attention implementations that honour packed position ids (transformers 5.x): flash attention
-# through its varlen kernels, the others through a block-diagonal mask built from the position ids.
+# through its varlen kernels, sdpa switched to per-sequence sdpa (opsd.varlen_attention, no mask),
+# eager and flex attention through a block-diagonal mask built from the position ids.
 PACKING_ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")
 
 

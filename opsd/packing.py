@@ -9,9 +9,11 @@ into micro-batches here:
   responses holds many of them and one near the length cap holds few);
 - **collate** (how they are laid out): padded rows trimmed to the micro-batch's own longest
   sequence, or (``engine.packing``) all of them concatenated in one row without padding, with
-  ``position_ids`` restarting at 0 for each sequence and no ``attention_mask``. transformers then
-  keeps attention inside each sequence: flash-attention 2/3 runs varlen from the position ids, and
-  sdpa / eager / flex attention get a block-diagonal causal mask built from them
+  ``position_ids`` restarting at 0 for each sequence and no ``attention_mask``. Attention stays
+  inside each sequence (:func:`prepare_attention`): flash-attention 2/3 runs varlen from the position
+  ids; sdpa models are switched to :mod:`opsd.varlen_attention` (causal sdpa sequence by sequence,
+  no mask: the cost of attention is ``sum L_i^2``, not ``(sum L_i)^2``); eager and flex attention
+  get transformers' block-diagonal causal mask built from the position ids
   (``transformers.masking_utils.find_packed_sequence_indices``).
 
 The loss does not depend on the plan (trainer docstring, "Loss aggregation"): every micro-batch is
@@ -141,12 +143,23 @@ def sample_and_position(loss_mask: torch.Tensor, position_ids: Optional[torch.Te
     return seq, flat - first[seq]
 
 
-def check_attention(model, role: str) -> None:
-    """``engine.packing`` needs attention that stays inside each packed sequence; ``role`` names
-    the model (student, teacher) in the error. Checked on the loaded model, whose implementation
-    may have been chosen by transformers (``model.attn_implementation`` unset)."""
+def prepare_attention(model, role: str) -> str:
+    """Make a loaded model attend within packed sequences (``engine.packing``); returns the
+    implementation it now runs. ``role`` names the model (student, teacher) in the error.
+
+    The check is on the loaded model, whose implementation may have been chosen by transformers
+    (``model.attn_implementation`` unset). sdpa is switched to
+    :data:`opsd.varlen_attention.VARLEN_SDPA`, which runs packed rows sequence by sequence and
+    everything else (padded batches, generation) as sdpa; the others honour packed position ids
+    themselves."""
+    from opsd import varlen_attention
+
     attn = getattr(model.config, "_attn_implementation", None)
-    if attn not in PACKING_ATTENTION:
+    if attn == "sdpa":
+        varlen_attention.use_varlen_sdpa(model)
+        return varlen_attention.VARLEN_SDPA
+    if attn not in PACKING_ATTENTION and attn != varlen_attention.VARLEN_SDPA:
         raise ConfigError(
             f"engine.packing=true: the {role} runs attention {attn!r}, which does not honour packed position "
             f"ids; set model.attn_implementation to one of {list(PACKING_ATTENTION)}, or engine.packing=false")
+    return attn

@@ -166,13 +166,14 @@ class Trainer:
 
     def _check_layout(self, student) -> None:
         """``engine.packing`` needs attention that honours packed position ids, checked on the loaded
-        models (transformers picks one when model.attn_implementation is unset); logs the sharded
-        teacher's share of parameter bytes on this rank."""
+        models (transformers picks one when model.attn_implementation is unset; sdpa is switched to
+        per-sequence sdpa, :mod:`opsd.varlen_attention`); logs the sharded teacher's share of
+        parameter bytes on this rank."""
         from opsd import packing
 
         if self.cfg.engine.packing:
-            packing.check_attention(student, "student")
-            packing.check_attention(self.teacher.model, "teacher")
+            packing.prepare_attention(student, "student")
+            packing.prepare_attention(self.teacher.model, "teacher")
         if self.teacher.sharding == "zero3":
             local, full = self.teacher.param_bytes()
             head = self.teacher.head_weight.numel() * self.teacher.head_weight.element_size()

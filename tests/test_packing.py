@@ -1,7 +1,9 @@
 """Token-budget micro-batches and sequence packing (opsd/packing.py): the plan covers every sequence
 once within the budget; a packed micro-batch gives the padded one's loss, gradients, statistics and
-TIP selections; one update by token budget and/or packed equals the sequence-count update; ranks
-with fewer micro-batches are padded with empty ones; bad options are named."""
+TIP selections; packed rows on sdpa run per-sequence attention (opsd/varlen_attention.py) without a
+dense mask and equal the dense-mask result; one update by token budget and/or packed equals the
+sequence-count update; ranks with fewer micro-batches are padded with empty ones; bad options are
+named."""
 import json
 import math
 import random
@@ -9,7 +11,7 @@ import random
 import pytest
 import torch
 
-from opsd import packing
+from opsd import packing, varlen_attention
 from opsd.config import ConfigError, load_config
 from opsd.data import build_sequences
 from opsd.rollout.base import RolloutBackend, Rollouts
@@ -95,6 +97,10 @@ def _run_module(world, attn, packed, selector=None):
     tok = load_tokenizer(world["student"])
     student = load_causal_lm(world["student"], attn_implementation=attn)
     teacher = Teacher(load_causal_lm(world["teacher"], attn_implementation=attn), torch.device("cpu"))
+    if packed:  # as Trainer.setup does with engine.packing: sdpa -> per-sequence sdpa
+        for model, role in ((student, "student"), (teacher.model, "teacher")):
+            want = varlen_attention.VARLEN_SDPA if attn == "sdpa" else attn
+            assert packing.prepare_attention(model, role) == want == model.config._attn_implementation
     v = min(student.config.vocab_size, teacher.width)
     mb = _micro_batch(tok, packed)
     src = teacher.score(mb["input_ids"], mb["attention_mask"], mb["loss_mask"], v, mb["position_ids"])
@@ -145,6 +151,103 @@ def test_tip_selections_equal_packed_and_padded(tiny_world, rule):
     assert picked[1][0] == pytest.approx(picked[0][0], rel=1e-5)
 
 
+# ------------------------------------------------------------------ per-sequence sdpa (opsd/varlen_attention.py)
+
+
+def test_segment_lengths_follow_the_position_restarts():
+    assert varlen_attention.segment_lengths(torch.tensor([0, 1, 2, 0, 1, 0])) == [3, 2, 1]
+    assert varlen_attention.segment_lengths(torch.tensor([4, 5, 6])) == [3]  # one sequence, at any offset
+    assert varlen_attention.segment_lengths(torch.tensor([0, 1, 0, 0, 1])) == [2, 1, 2]
+
+
+def test_varlen_attention_equals_explicitly_masked_attention_float64():
+    """Two rows packed differently, grouped-query heads: output and gradients equal softmax attention
+    under an explicit mask (same sequence and not in the future), computed without sdpa."""
+    class Attn:
+        is_causal, num_key_value_groups = True, 2
+
+    torch.manual_seed(0)
+    pos = torch.tensor([[0, 1, 2, 3, 0, 1, 0, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 2]])  # (B, T)
+    q = torch.randn(2, 4, 12, 8, dtype=torch.float64, requires_grad=True)  # (B, H, T, D)
+    k, v = (torch.randn(2, 2, 12, 8, dtype=torch.float64, requires_grad=True) for _ in range(2))  # (B, H_kv, T, D)
+    out, _ = varlen_attention.varlen_sdpa_attention(Attn(), q, k, v, None, scaling=0.3, position_ids=pos)
+
+    seq = (torch.diff(pos, prepend=pos[:, :1] - 1) != 1).cumsum(-1)  # (B, T) sequence number
+    t = torch.arange(12)
+    allowed = (seq[:, :, None] == seq[:, None, :]) & (t[:, None] >= t[None, :])  # (B, T, T)
+    kk, vv = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)  # query head h reads kv head h // 2
+    scores = (q @ kk.transpose(-1, -2) * 0.3).masked_fill(~allowed[:, None], float("-inf"))
+    ref = (scores.softmax(-1) @ vv).transpose(1, 2)  # (B, T, H, D)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    w = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad((out * w).sum(), (q, k, v)), torch.autograd.grad((ref * w).sum(), (q, k, v))):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_packed_rows_run_per_sequence_sdpa_without_a_dense_mask(tiny_world, monkeypatch):
+    """On sdpa, transformers attends over a packed row through a (T, T) block-diagonal mask. Switched
+    as engine.packing switches it, no mask is built, every sdpa call covers one sequence, and the
+    hidden states and gradients equal the dense-mask ones (float64)."""
+    import transformers.masking_utils as masking_utils
+
+    from opsd.models import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(tiny_world["teacher"])
+    model = load_causal_lm(tiny_world["teacher"], attn_implementation="sdpa").double()
+    mb = _micro_batch(tok, packed=True)
+    lengths, width = varlen_attention.segment_lengths(mb["position_ids"][0]), mb["input_ids"].shape[1]
+    assert len(lengths) == 3 and sum(lengths) == width
+    calls, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):  # (query length, mask shape) of every sdpa call
+        calls.append((q.shape[2], None if attn_mask is None else tuple(attn_mask.shape)))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    def forward_backward():
+        model.zero_grad()
+        hidden = model.base_model(input_ids=mb["input_ids"], position_ids=mb["position_ids"],
+                                  use_cache=False).last_hidden_state  # (1, T, d)
+        hidden.pow(2).sum().backward()
+        return hidden.detach(), {n: p.grad.clone() for n, p in model.base_model.named_parameters()}
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    dense_h, dense_g = forward_backward()
+    assert calls == [(width, (1, 1, width, width))] * model.config.num_hidden_layers  # what this replaces
+    calls.clear()
+    assert packing.prepare_attention(model, "teacher") == varlen_attention.VARLEN_SDPA
+    monkeypatch.setattr(masking_utils, "sdpa_mask", lambda *a, **kw: pytest.fail("a mask was built for a packed row"))
+    h, g = forward_backward()
+    assert calls == [(n, None) for n in lengths] * model.config.num_hidden_layers
+    torch.testing.assert_close(h, dense_h, atol=1e-12, rtol=1e-12)
+    for n in dense_g:
+        torch.testing.assert_close(g[n], dense_g[n], atol=1e-12, rtol=1e-10, msg=n)
+
+
+def test_varlen_sdpa_leaves_padded_batches_and_generation_to_sdpa(tiny_world):
+    """The student also generates (HF rollouts) and may see padded batches: those run as plain sdpa."""
+    from opsd.models import load_causal_lm, load_tokenizer
+
+    tok = load_tokenizer(tiny_world["student"])
+    model = load_causal_lm(tiny_world["student"], attn_implementation="sdpa")
+    mb = _micro_batch(tok, packed=False)
+    prompts = [tok.encode(p) for p in ("1+2=", "17+28=")]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompts])  # left padding
+    gen_mask = (torch.arange(width)[None, :] >= torch.tensor([[width - len(p)] for p in prompts])).long()
+    outs = []
+    for switch in (False, True):
+        if switch:
+            varlen_attention.use_varlen_sdpa(model)
+        with torch.no_grad():
+            hidden = model.base_model(input_ids=mb["input_ids"], attention_mask=mb["attention_mask"],
+                                      use_cache=False).last_hidden_state
+            gen = model.generate(ids, attention_mask=gen_mask, max_new_tokens=6, do_sample=False)
+        outs.append((hidden, gen))
+    assert model.config._attn_implementation == varlen_attention.VARLEN_SDPA
+    torch.testing.assert_close(outs[1][0], outs[0][0], atol=0, rtol=0)
+    assert outs[1][1].tolist() == outs[0][1].tolist()
+
+
 # ------------------------------------------------------------------ one update through the trainer
 
 
@@ -175,6 +278,7 @@ def _one_update(world, out, extra, pad_to=None):
         finally:
             if pad_to is not None:
                 trainer_mod.all_reduce_host = real
+        metrics["attn"] = (tr.student.config._attn_implementation, tr.teacher.model.config._attn_implementation)
     finally:
         tr.cleanup()
     return metrics, grads
@@ -198,6 +302,9 @@ def test_token_budget_and_packing_give_the_sequence_count_update(tiny_world, tmp
             torch.testing.assert_close(g[n], base_g[n], atol=1e-6, rtol=1e-4, msg=f"{name}: {n}")
         if "packed" in name:
             assert m["padding_frac"] == 0.0
+            assert m["attn"] == (varlen_attention.VARLEN_SDPA,) * 2, m["attn"]  # set up by Trainer._check_layout
+        else:
+            assert m["attn"] == ("sdpa", "sdpa"), m["attn"]
         if pad_to:
             assert m["micro_batches"] == pad_to
         elif "budget" in name:
@@ -276,4 +383,4 @@ def test_packing_with_attention_that_cannot_honour_it_is_named(tiny_world):
     model = load_causal_lm(tiny_world["teacher"])
     model.config._attn_implementation = "paged|sdpa"  # as a kernel picked at load time would be
     with pytest.raises(ConfigError, match=r"the teacher runs attention 'paged\|sdpa'.*engine.packing=false"):
-        packing.check_attention(model, "teacher")
+        packing.prepare_attention(model, "teacher")
