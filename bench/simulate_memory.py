@@ -34,7 +34,8 @@ What is modelled rather than run (there is no DeepSpeed here; ``--help`` of each
   (``reduce_bucket_size``, default 5e8 elements, bf16) is resident. The model's own parameter
   tensors are shape carriers only (not counted); the device copies are flat buffers of the right
   size. The optimizer step is a real ``torch.optim.AdamW`` step on the (fake) flat fp32 partition.
-- **Teacher**: full bf16 copy per device; ``offload`` placement frees it after scoring. With
+- **Teacher**: full bf16 copy per device; ``offload`` placement frees its body after scoring (its LM
+  head stays on the device, as ``Teacher.head_weight`` does). With
   ``engine.teacher_sharding=zero3`` (the Llama recipe): 1/W of it per device (none if offloaded:
   host memory), a replica of its LM head for the whole step, and while it scores its largest module
   and one decoder layer gathered. All micro-batches of the step are scored before the update (two-phase): the
@@ -43,7 +44,11 @@ What is modelled rather than run (there is no DeepSpeed here; ``--help`` of each
   paper's repository was not available to read): the student's HF forward returns the full
   ``(B, L, V)`` bf16 logits with gradient, the teacher's response-position logits ``(N, V)`` bf16 are
   cached per micro-batch during scoring, statistics come from those logits, and the kept rows
-  (all of them at ratio 1.0) get log-softmax and reverse KL chunk by chunk under autograd.
+  (all of them at ratio 1.0) get log-softmax and reverse KL chunk by chunk under autograd. Its
+  engine is pinned per pair (``Pair.upstream_engine``: the recipes' ZeRO stage, offload and teacher
+  options when the row was defined), so a leaner opsd recipe leaves the baseline as it was; where
+  the opsd rows' engine differs, ``upstream-same`` (the same loss path on their engine) is added so
+  that the loss path's own share can be read apart from the engine's.
 - **autograd / recompute / fused**: opsd's ``loss.impl`` values, run through ``DistillModule``:
   chunked autograd over the kept rows, the same with each chunk recomputed in backward, and the
   fused closed-form divergence (``opsd.losses``); the table marks opsd's default.
@@ -113,15 +118,25 @@ class Pair:
     gpus: int  # the paper's GPU count (Table 9)
     tokenizer_len: int  # the shared tokenizer's length (the width both logits are sliced to)
     paper_gb: dict  # Table 3: peak GB at retention ratio (entropy sampling)
+    # The engine of the upstream-style row, pinned: the setup it was defined with (the recipes' engine
+    # options when the simulator was written), so a leaner opsd recipe cannot shrink the baseline.
+    upstream_engine: dict
+
+
+_ZERO2_RESIDENT = dict(zero_stage=2, offload_optimizer=False, offload_params=False, teacher_placement="resident",
+                       teacher_sharding="none")
 
 
 PAIRS = {
     "qwen3-8b-4b": Pair("Qwen3-8B", "Qwen3-4B", "recipes/paper/qwen3-8b-4b.yaml", 8, 151_665,
-                        {1.0: 72.0, 0.5: 38.1, 0.2: 35.5, 0.1: 35.3}),
+                        {1.0: 72.0, 0.5: 38.1, 0.2: 35.5, 0.1: 35.3}, _ZERO2_RESIDENT),
     "llama-70b-8b": Pair("Llama-3.3-70B-Instruct", "Llama-3.1-8B-Instruct", "recipes/paper/llama-70b-8b.yaml", 8,
-                         128_256, {1.0: 41.6, 0.5: 32.1, 0.2: 31.8, 0.1: 31.9}),
+                         128_256, {1.0: 41.6, 0.5: 32.1, 0.2: 31.8, 0.1: 31.9},
+                         dict(zero_stage=3, offload_optimizer=True, offload_params=True, teacher_placement="offload",
+                              teacher_sharding="zero3")),
     "qwen2.5-14b-1.5b": Pair("Qwen2.5-14B-Instruct", "Qwen2.5-1.5B-Instruct", "recipes/paper/qwen2.5-14b-1.5b.yaml",
-                             4, 151_665, {1.0: 35.8, 0.5: 19.7, 0.2: 15.0, 0.1: 14.9}),
+                             4, 151_665, {1.0: 35.8, 0.5: 19.7, 0.2: 15.0, 0.1: 14.9},
+                             _ZERO2_RESIDENT),
 }
 
 
@@ -151,6 +166,18 @@ class Setup:
     @property
     def tokens(self) -> int:
         return self.seqs * self.response_len
+
+    def engine(self) -> dict:
+        return {k: getattr(self, k) for k in _ZERO2_RESIDENT}
+
+    def with_engine(self, engine: dict) -> "Setup":
+        """A copy with the engine options in ``engine`` (keys of :data:`_ZERO2_RESIDENT`) replaced."""
+        from dataclasses import replace
+
+        bad = set(engine) - set(_ZERO2_RESIDENT)
+        if bad:
+            raise ValueError(f"engine options {sorted(bad)}: only {sorted(_ZERO2_RESIDENT)} can be set")
+        return replace(self, **engine)
 
 
 def load_config(name: str) -> dict:
@@ -354,7 +381,7 @@ class ZeroShares:
         self.dtype = dtype
         track = (lambda t, r: tracker.track_as(t, r)) if tracker is not None else (lambda t, r: t)
         self.resident = []
-        self.teacher, self.teacher_gathered = self._teacher(teacher, setup, track, dtype)
+        self.teacher, self.teacher_head, self.teacher_gathered = self._teacher(teacher, setup, track, dtype)
         if setup.zero_stage < 3:
             self.resident.append(track(torch.empty(n, dtype=dtype), _MemRefType.PARAM))
         else:
@@ -387,20 +414,24 @@ class ZeroShares:
 
     @staticmethod
     def _teacher(teacher, setup: Setup, track, dtype) -> tuple:
-        """(resident, gathered during scoring) bf16 buffers of the teacher. Whole on every device;
-        with ``engine.teacher_sharding=zero3``: 1/W of it (none with offload: host memory) plus a
-        replica of its LM head, and while it scores the largest module and one decoder layer
-        gathered (DeepSpeed's gather and prefetch)."""
+        """(body, head, gathered during scoring) bf16 buffers of the teacher on the device. Unsharded:
+        the whole model, body and LM head (``offload`` moves the body off after scoring; the head
+        stays, as ``Teacher.head_weight`` does). With ``engine.teacher_sharding=zero3``: 1/W of it
+        (none with offload: host memory) plus a replica of its LM head, and while it scores the
+        largest module and one decoder layer gathered (DeepSpeed's gather and prefetch)."""
         if teacher is None:
-            return None, None
+            return None, None, None
         n = _numel(teacher)
+        head = teacher.get_output_embeddings().weight
+        head_n = head.numel()  # tied or not: Teacher.head_weight keeps this storage on the device
         if setup.teacher_sharding != "zero3":
-            return track(torch.empty(n, dtype=dtype), _MemRefType.PARAM), None
-        head = teacher.get_output_embeddings().weight.numel()
+            return (track(torch.empty(n - head_n, dtype=dtype), _MemRefType.PARAM),
+                    track(torch.empty(head_n, dtype=dtype), _MemRefType.PARAM), None)
         part = 0 if setup.teacher_placement == "offload" else math.ceil(n / setup.world)
         largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in teacher.modules())
         layer = max(sum(p.numel() for p in lyr.parameters()) for lyr in teacher.model.layers)
-        return (track(torch.empty(part + head, dtype=dtype), _MemRefType.PARAM),
+        return (track(torch.empty(part, dtype=dtype), _MemRefType.PARAM),
+                track(torch.empty(head.numel(), dtype=dtype), _MemRefType.PARAM),
                 track(torch.empty(largest + layer, dtype=dtype), _MemRefType.PARAM))
 
     def _label_grad(self, g):
@@ -582,7 +613,7 @@ def run_step(student, teacher, setup: Setup, path: str, ratio: float, tracker=No
         if zero is not None:
             zero.teacher_gathered = None  # sharded teacher: its gathered modules are released
             if setup.teacher_placement == "offload" and setup.teacher_sharding != "zero3":
-                zero.teacher = None  # off the device for the training phase
+                zero.teacher = None  # the body off the device for the training phase (the head stays)
         on_phase("student forward")
         n_step = setup.tokens * setup.n_micro
         if path == "upstream":
@@ -825,12 +856,20 @@ def _table(header: list, rows: list) -> str:
     return "\n".join(out + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
+def describe_engine(setup: Setup) -> str:
+    off = [k for k, v in (("optimizer", setup.offload_optimizer), ("params", setup.offload_params)) if v]
+    return (f"ZeRO-{setup.zero_stage}{' offload ' + '+'.join(off) if off else ''}, "
+            f"teacher {setup.teacher_placement}{' sharded ZeRO-3' if setup.teacher_sharding == 'zero3' else ''}")
+
+
 def describe(name: str, setup: Setup, models: Models) -> str:
     ns, nt = _numel(models.student), _numel(models.teacher.model)
-    off = [k for k, v in (("optimizer", setup.offload_optimizer), ("params", setup.offload_params)) if v]
+    up = setup.with_engine(PAIRS[name].upstream_engine)
     return (f"## {name}: {PAIRS[name].teacher} ({nt / 1e9:.2f} B) -> {PAIRS[name].student} ({ns / 1e9:.2f} B)\n\n"
-            f"{setup.world} GPUs, ZeRO-{setup.zero_stage}{' offload ' + '+'.join(off) if off else ''}, "
-            f"teacher {setup.teacher_placement}{' sharded ZeRO-3' if setup.teacher_sharding == 'zero3' else ''}, "
+            f"{setup.world} GPUs, opsd rows: {describe_engine(setup)}; upstream-style row (pinned): "
+            f"{describe_engine(up)}"
+            + ("" if up.engine() == setup.engine() else "; upstream-same: the upstream-style loss path with the "
+               "opsd rows' engine") + "; "
             f"gradient checkpointing {'on' if setup.gradient_checkpointing else 'off'}, "
             f"{setup.dtype}; micro-batch {setup.seqs} x ({setup.prompt_len} prompt + {setup.response_len} response) "
             f"= {setup.tokens:,} response tokens, {setup.n_micro} micro-batches per step scored first; "
@@ -841,28 +880,38 @@ def report_pair(name: str, setup: Setup, paths, ratios, flop_ratios=()) -> dict:
     models = Models(setup)
     print(describe(name, setup, models), flush=True)
     impls, default = loss_impls()
+    up_setup = setup.with_engine(PAIRS[name].upstream_engine)
+    if "upstream" in paths and up_setup.engine() != setup.engine() and "upstream-same" not in paths:
+        paths = list(paths) + ["upstream-same"]  # the same loss path on the opsd rows' engine, for the record
     results = {}
     for path in paths:
-        if path != "upstream" and path not in impls:
+        if path not in ("upstream", "upstream-same") and path not in impls:
             print(f"\n(loss path {path!r}: not in this opsd; skipped)")
             continue
         for ratio in ratios:
-            results[path, ratio] = simulate(setup, path, ratio, models)
-    up = {r: results[("upstream", r)].peak for r in ratios if ("upstream", r) in results}
-    up1 = up.get(1.0)
-    up_train = _training_peak(results[("upstream", 1.0)]) if ("upstream", 1.0) in results else None
+            run = (up_setup, "upstream") if path == "upstream" else (setup, "upstream") if path == "upstream-same" \
+                else (setup, path)
+            results[path, ratio] = simulate(*run, ratio, models)
+
+    def ref(key):  # (peak, training peak) of a reference row, or Nones
+        return (results[key].peak, _training_peak(results[key])) if key in results else (None, None)
+
+    (up1, up_train), (same1, _) = ref(("upstream", 1.0)), ref(("upstream-same", 1.0))
     rows = []
     for (path, ratio), r in results.items():
         label = path + (" (opsd default)" if path == default else "")
         paper = PAIRS[name].paper_gb.get(ratio, "")
         train = _training_peak(r)
         rows.append([label, ratio, f"{r.kept:,}", _gb(r.peak), paper, f"{r.peak / up1:.2f}" if up1 else "",
-                     r.peak_phase] + [_gb(r.categories[c]) for c in CATEGORIES]
+                     f"{r.peak / same1:.2f}" if same1 else "", r.peak_phase]
+                    + [_gb(r.categories[c]) for c in CATEGORIES]
                     + [_gb(train), f"{train / up_train:.2f}" if up_train else ""])
     print("\nPer-device peak of the step (GB = 2^30 B); paper = Table 3 (entropy sampling, measured on H200); "
-          "categories at the step's peak; training = the peak after teacher scoring:\n")
-    print(_table(["loss path", "ratio", "kept", "peak GB", "paper GB", "vs upstream 1.0", "phase of peak"]
-                 + [f"{c} GB" for c in CATEGORIES] + ["training peak GB", "training vs upstream 1.0"], rows))
+          "categories at the step's peak; training = the peak after teacher scoring; \"vs upstream-same\" = "
+          "against the upstream-style loss path on the opsd rows' engine (when it differs from the pinned one):\n")
+    print(_table(["loss path", "ratio", "kept", "peak GB", "paper GB", "vs upstream 1.0", "vs upstream-same 1.0",
+                  "phase of peak"] + [f"{c} GB" for c in CATEGORIES]
+                 + ["training peak GB", "training vs upstream 1.0"], rows))
     print("\nPeak by phase (GB):\n")
     shown = [k for k in results if k[1] in (1.0, 0.5)]
     phases = [p for p in PHASES if any(p in results[k].phases for k in shown)]
@@ -917,6 +966,8 @@ def main(argv=None) -> None:
                    help="what-if: override the recipe's engine.zero_stage")
     p.add_argument("--teacher-placement", choices=("resident", "offload"), default=None,
                    help="what-if: override the recipe's engine.teacher_placement")
+    p.add_argument("--teacher-sharding", choices=("none", "zero3"), default=None,
+                   help="what-if: override the recipe's engine.teacher_sharding")
     p.add_argument("--no-flops", action="store_true", help="skip the FLOP passes")
     p.add_argument("--validate", action="store_true", help="simulated vs measured peak at small CPU shapes")
     p.add_argument("--shapes", default=",".join(VALIDATION_SHAPES), help="validation shapes (default %(default)s)")
@@ -927,9 +978,9 @@ def main(argv=None) -> None:
         print(f"MEASURED {measure_step_bytes(validation_setup(shape), path, float(ratio))}")
         return
     paths = [x for x in args.paths.split(",") if x]
-    bad = [x for x in paths if x not in PATHS]
+    bad = [x for x in paths if x not in PATHS + ("upstream-same",)]
     if bad:
-        raise SystemExit(f"--paths: unknown {bad}; choose from {list(PATHS)}")
+        raise SystemExit(f"--paths: unknown {bad}; choose from {list(PATHS) + ['upstream-same']}")
     try:
         ratios = [float(x) for x in args.ratios.split(",") if x]
     except ValueError:
@@ -956,6 +1007,8 @@ def main(argv=None) -> None:
             setup.zero_stage = args.zero_stage
         if args.teacher_placement is not None:
             setup.teacher_placement = args.teacher_placement
+        if args.teacher_sharding is not None:
+            setup.teacher_sharding = args.teacher_sharding
         report_pair(name, setup, paths, ratios, () if args.no_flops else ratios)
 
 

@@ -46,6 +46,37 @@ def test_zero_shares_divide_by_world_size():
     assert low.peak < res.peak
 
 
+def test_offloaded_teacher_keeps_its_head_and_a_sharded_one_its_partition():
+    """Unsharded + offload: the body leaves the device after scoring, the LM head stays (the real
+    Teacher keeps ``head_weight`` there). Sharded ZeRO-3 at W = 4: 1/W of the teacher plus the head
+    replica for the whole step, and while it scores a gathered working set on top."""
+    setup = tiny_setup(world=4, dtype="bfloat16", teacher_placement="offload")
+    models = S.Models(setup)
+    n_s, n_t = S._numel(models.student), S._numel(models.teacher.model)
+    head = models.teacher.model.get_output_embeddings().weight.numel()
+    res = S.simulate(setup, "fused", 1.0, models)
+    assert res.phases["teacher scoring"][1]["parameters"] == 2 * n_s + 2 * n_t
+    assert res.phases["backward"][1]["parameters"] == 2 * n_s + 2 * head
+    sharded = S.simulate(setup.with_engine(dict(teacher_placement="resident", teacher_sharding="zero3")),
+                         "fused", 1.0, models)
+    train = 2 * n_s + 2 * (math.ceil(n_t / 4) + head)
+    assert sharded.phases["backward"][1]["parameters"] == train
+    assert sharded.phases["teacher scoring"][1]["parameters"] > train  # + the gathered modules
+
+
+def test_upstream_row_keeps_its_pinned_engine():
+    """The upstream-style baseline runs on the engine it was defined with, whatever the recipe says
+    now: a leaner opsd recipe cannot shrink it."""
+    for name, pair in S.PAIRS.items():
+        setup = S.setup_for_pair(name)
+        assert setup.with_engine(pair.upstream_engine).engine() == pair.upstream_engine, name
+    assert S.PAIRS["qwen3-8b-4b"].upstream_engine == dict(zero_stage=2, offload_optimizer=False,
+                                                          offload_params=False, teacher_placement="resident",
+                                                          teacher_sharding="none")
+    with pytest.raises(ValueError, match="micro_batch"):
+        tiny_setup().with_engine(dict(micro_batch=2))
+
+
 def test_nothing_real_is_allocated_for_a_large_model():
     """A 4B-parameter student would need 8 GB: under FakeTensorMode building it costs nothing."""
     import resource
