@@ -15,7 +15,7 @@ from opsd.rollout.base import Rollouts, RolloutBackend, SamplingConfig
 from opsd.toy import agent_tokenizer as atok
 from opsd.toy import tokenizer as mathtok
 from opsd.toy.agent_env import LookupEnv, lookup_tools
-from opsd.toy.agent_task import (AgentTaskConfig, extract_answer, final_text, gold_turns, make_questions,
+from opsd.toy.agent_task import (ATTRIBUTES, AgentTaskConfig, extract_answer, final_text, gold_turns, make_questions,
                                  sample_question, split_of, tool_call_text)
 
 
@@ -80,7 +80,9 @@ def test_token_ids_are_stable_and_math_world_untouched(tok):
     v = atok.vocab()
     assert [v[t] for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<unk>")] == list(range(6))
     assert [v[t] for t in atok.TOOL_TOKENS] == [6, 7, 8, 9]
-    assert v["\n"] == 10 and len(v) == 10 + len(atok.ALPHABET) <= atok.padded_vocab_size()
+    assert v["\n"] == 10 and len(v) == 10 + len(atok.ALPHABET) + len(atok.PIECES) <= atok.padded_vocab_size()
+    assert [v[p] for p in atok.PIECES] == list(range(10 + len(atok.ALPHABET), len(v)))
+    assert set(ATTRIBUTES) <= set(atok.PIECES)  # every tool name is one token
     assert tok.eos_token == "<|im_end|>" and tok.pad_token_id == 0
     # The math world's tokenizer keeps its own ids.
     assert mathtok.vocab()["<|im_end|>"] == 2 and mathtok.vocab()["\n"] == 6
@@ -93,11 +95,21 @@ def test_tool_call_text_round_trips(tok):
     assert ids[-1] == tok.eos_token_id
     assert tok.unk_token_id not in ids
     assert tok.decode(ids) == text
-    # One id per character between the markers: "{" ... "}" are plain characters.
-    assert len(ids) == 3 + len(json.dumps({"name": "height", "arguments": {"who": "kim"}}, separators=(",", ":")))
+    # The JSON glue, the tool name and the argument name are word pieces; the value is characters.
+    pieces = ['{"name":"', "height", '","arguments":{"', "who", '":"', "k", "i", "m", '"}}']
+    assert tok.convert_ids_to_tokens(ids[1:-2]) == pieces
     assert all(ch in atok.ALPHABET for ch in '{}":,_[]')
     # The markers are not "special": skip_special_tokens keeps the call readable (as in Qwen3).
     assert tok.decode(ids, skip_special_tokens=True) == tool_call_text("height", "kim")
+
+
+def test_character_spellings_decode_like_pieces_but_are_other_ids(tok):
+    """The BPE-like property the agent loop must respect: a model may sample a piece character by
+    character; decoding then re-encoding gives different ids (so the loop never re-encodes)."""
+    v = atok.vocab()
+    spelled = [v["a"], v["g"], v["e"]]
+    assert tok.decode(spelled) == "age"
+    assert tok.encode(tok.decode(spelled), add_special_tokens=False) == [v["age"]] != spelled
 
 
 def test_template_renders_tools_and_tool_messages(tok):
@@ -199,8 +211,8 @@ def test_env_scores():
 class _Scripted(RolloutBackend):
     """Plays fixed assistant turns (texts) per prompt, in order, as ids."""
 
-    def __init__(self, tok, turns_by_prompt):
-        self.tok, self.turns, self.pos = tok, turns_by_prompt, {}
+    def __init__(self, tok, turns_by_prompt, spell=()):
+        self.tok, self.turns, self.pos, self.spell = tok, turns_by_prompt, {}, set(spell)
 
     def generate(self, prompt_ids, sampling):
         out = Rollouts([], [], [], [])
@@ -209,9 +221,15 @@ class _Scripted(RolloutBackend):
             n = self.pos.get(key, 0)
             self.pos[key] = n + 1
             ids = self.tok.encode(self.turns[key][n] + self.tok.eos_token, add_special_tokens=False)
+            ids = [c for i in ids for c in self._spelled(i)]
             out.prompt_ids.append(list(p)), out.response_ids.append(ids), out.finished.append(True)
             out.prompt_index.append(i)
         return out
+
+    def _spelled(self, i):
+        """A piece in ``spell`` as its character ids (a spelling a model may sample)."""
+        piece = self.tok.convert_ids_to_tokens(i)
+        return self.tok.convert_tokens_to_ids(list(piece)) if piece in self.spell else [i]
 
 
 def test_gold_episodes_through_the_agent_loop_match_the_sft_layout(tok):
@@ -232,7 +250,29 @@ def test_gold_episodes_through_the_agent_loop_match_the_sft_layout(tok):
     for q, rec in zip(qs, out.episodes):
         assert rec.turns == len(q.needed) + 1 and rec.calls_failed == 0
         assert rec.score.scores == {"answered": 1.0, "used_all_facts": 1.0, "clean_calls": 1.0}
-    assert max(len(r) for r in out.response_ids) < 200 and max(len(p) + len(r) for p, r in zip(out.prompt_ids, out.response_ids)) < 260
+    assert max(len(r) for r in out.response_ids) < 100 and max(len(p) + len(r) for p, r in zip(out.prompt_ids, out.response_ids)) < 128
+
+
+def test_sampled_spellings_are_trained_as_sampled(tok):
+    """A student that spells a tool name character by character makes a valid call; the trained
+    ids are the spelled ones (decode -> encode would turn them into the piece's one id)."""
+    from opsd.toy.agent_build import AgentWorldConfig, agent_loop
+
+    cfg = AgentWorldConfig()
+    qs = make_questions(4, seed=1, split="heldout")
+    loop = agent_loop(tok, cfg)
+    script = {tuple(loop.prompt_ids(LookupEnv().reset(q.row()))): gold_turns(q) for q in qs}
+    loop.backend = _Scripted(tok, script, spell=ATTRIBUTES)
+    out = loop.run([q.row() for q in qs], SamplingConfig(temperature=0.0, max_new_tokens=64))
+    assert out.rewards == [1.0] * len(qs)
+    pieces = {tok.convert_tokens_to_ids(a) for a in ATTRIBUTES}
+    for q, r, m in zip(qs, out.response_ids, out.response_mask):
+        assert not pieces & set(r)  # the spelled ids stayed
+        sampled = [i for i, keep in zip(r, m) if keep]
+        for f in q.needed:  # the spelling of each looked-up name sits in the trained ids
+            spelled = tok.convert_tokens_to_ids(list(f.attr))
+            assert any(sampled[k:k + len(spelled)] == spelled for k in range(len(sampled)))
+        assert tok.encode(tok.decode(r), add_special_tokens=False) != r  # a re-encode would differ
 
 
 # --- quick build --------------------------------------------------------------------------------

@@ -55,13 +55,13 @@ class AgentWorldConfig:
     n_train: int = 2048  # rows in train.jsonl (OPD draws from these; SFT draws fresh questions)
     n_heldout: int = 256  # rows in heldout.jsonl (the evaluation set)
     teacher: ModelSpec = field(default_factory=lambda: ModelSpec(
-        layers=3, hidden=128, heads=4, kv_heads=2, intermediate=384, steps=400, batch_size=32, lr=3e-3))
-    student: ModelSpec = field(default_factory=lambda: ModelSpec(
-        layers=2, hidden=64, heads=2, kv_heads=1, intermediate=192, steps=250, batch_size=32, lr=3e-3))
+        layers=4, hidden=128, heads=4, kv_heads=2, intermediate=384, steps=1200, batch_size=32, lr=3e-3))
+    student: ModelSpec = field(default_factory=lambda: ModelSpec(  # the teacher's shape, a quarter of its SFT
+        layers=4, hidden=128, heads=4, kv_heads=2, intermediate=384, steps=300, batch_size=32, lr=3e-3))
     no_think_fraction: float = 0.2  # SFT share rendered with enable_thinking=False
     max_turns: int = 4  # evaluation episodes: the limits of recipes/toy/agent.yaml
-    max_episode_tokens: int = 256
-    max_new_tokens: int = 64  # per assistant turn
+    max_episode_tokens: int = 128
+    max_new_tokens: int = 32  # per assistant turn (a gold call is 10 tokens, the answer <= 10)
     gen_batch_size: int = 256
     quadrant_batch_size: int = 64  # episodes per min-max normalization, like a trainer batch
     entropy_threshold: float = 0.5
@@ -73,7 +73,7 @@ class AgentWorldConfig:
         """Hash of the named fields (all when none) plus the tokenizer alphabet and template."""
         d = asdict(self)
         d = {k: d[k] for k in keys} if keys else d
-        d["_alphabet"], d["_template"] = atok.ALPHABET, atok.CHAT_TEMPLATE
+        d["_alphabet"], d["_pieces"], d["_template"] = atok.ALPHABET, list(atok.PIECES), atok.CHAT_TEMPLATE
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
