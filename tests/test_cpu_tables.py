@@ -78,8 +78,9 @@ def test_rows_follow_the_paper_tables(sweep):
     assert rows[0] == ("all", 1.0) and len(rows) == len(set(rows)) == 12
     assert ("soft_or_bottom", 0.5) in rows and ("adaptive_kl", 0.1) in rows and ("q3", 0.1) in rows
     assert sweep.rules_for_tables(["6"]) == [("all", 1.0), ("soft_or", 0.5), ("soft_or_bottom", 0.5)]
+    assert sweep.rules_for_tables(["7"]) == sweep.TABLE7_ROWS  # the agentic toy world's rows
     with pytest.raises(SystemExit, match="Table 7"):
-        sweep.rules_for_tables(["7"])
+        sweep.rules_for_tables(["3", "7"])
 
 
 def test_finished_runs_are_not_redone(sweep, tmp_path):
@@ -155,3 +156,60 @@ def test_report_plot_and_readme_block(sweep, tmp_path):
     readme.write_text("no markers\n")
     with pytest.raises(SystemExit, match="cpu-tables"):
         sweep.update_readme(readme, empty)
+
+
+# --- Table 7 on the agentic toy world -------------------------------------------------------------
+
+AGENT_ACC = {("all", 1.0): [0.40, 0.44, 0.42], ("q3", 0.2): [0.46, 0.47, 0.45], ("soft_or", 0.2): [0.30, 0.50, 0.40]}
+
+
+def agent_fake(acc):
+    calls = []
+
+    def train(args, world, rule, ratio, seed, out):
+        calls.append(out.name)
+        write_run(out, kept_frac=ratio)
+        rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        for r in rows:
+            if "tokens" in r:  # the trainer's per-role quadrant shares
+                for role, share in (("tool_call", 0.6), ("answer", 0.3), ("text", 0.1)):
+                    r.update({f"tip/{role}/frac": share, f"tip/{role}/kept_frac": ratio,
+                              **{f"tip/{role}/q{i}_frac": 0.25 for i in "1234"}})
+                r["tip/answer/q3_frac"] = 0.4
+        rows[-1]["eval/accuracy"] = acc[(rule, ratio)][seed]  # greedy accuracy after OPD
+        (out / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+    return calls, train
+
+
+def test_table7_runs_on_the_agent_world_without_eval_run(sweep, tmp_path):
+    calls, train = agent_fake(AGENT_ACC)
+
+    def no_eval(*a):
+        raise AssertionError("the agentic sweep scores with the trainer's own evaluation")
+
+    args = SimpleNamespace(agent=True, seeds=[0, 1, 2], steps=3, n=1, eval_limit=8)
+    rules = list(AGENT_ACC)
+    assert sweep.run_all(args, tmp_path, tmp_path, rules, [0, 1, 2], train, no_eval) == 9
+    assert sweep.run_all(args, tmp_path, tmp_path, rules, [0, 1, 2], train, no_eval) == 0  # resumable
+    agg = sweep.collect(tmp_path, rules, [0, 1, 2], agent=True)
+    assert sweep.accuracy(agg, ("all", 1.0)).mean == pytest.approx(42.0)
+    d = sweep.paired(agg, ("q3", 0.2), ("all", 1.0))  # +6, +3, +3
+    assert d.mean == pytest.approx(4.0) and d.se == pytest.approx(1.0)
+    r = agg[("q3", 0.2)][1]
+    assert r.roles["answer"]["q3_frac"] == pytest.approx(0.4) and r.roles["tool_call"]["frac"] == pytest.approx(0.6)
+    t7 = sweep.render_table7(agg)
+    assert "| q3 | 0.2 | 46.0 ± 0.6 (+4.0 ± 1.0) | 12.6 / 13.6 | — / 20.1 |" in t7
+    assert "| all | 1 | 42.0 ± 1.2 | 11.7 / 12.8 | 18.9 / 19.7 |" in t7 and "| entropy_sample | 0.5 | — |" in t7
+    roles = sweep.render_roles(agg, rules)
+    assert "| q3 | 0.2 | answer | 0.30 | 0.25 / 0.25 / 0.40 / 0.25 | 0.20 |" in roles
+    claims = sweep.agent_claims(agg)
+    assert "holds: Δ(Q3 20 % − all) = +4.0 ± 1.0 points (beyond 2 SE" in claims[0]
+    assert "does not hold: Δ(Soft-OR 20 % − all) = -2.0 ± 4.6 points (within 2 SE" in claims[1]  # -10, +6, -2
+    text = sweep.report(args, tmp_path, rules, ["7"], wall_s=5.0)
+    assert "### Table 7 (CPU, agentic toy world)" in text and "TIP quadrants per token role" in text
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{sweep.README_BEGIN}\nmath\n{sweep.README_END}\n{sweep.AGENT_BEGIN}\nstale rows\n{sweep.AGENT_END}\n")
+    sweep.update_readme(readme, sweep.agent_readme_block(agg, [0, 1, 2], 3, 60.0))
+    out = readme.read_text()
+    assert "stale rows" not in out and "\nmath\n" in out and "9 runs on the agentic toy world" in out

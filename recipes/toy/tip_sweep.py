@@ -3,6 +3,13 @@
     python recipes/toy/tip_sweep.py --tables 3,4,5,6,8           # make cpu-tables (an hour or more)
     python recipes/toy/tip_sweep.py --rules all:1.0,soft_or:0.2 --seeds 0 --steps 10
     python recipes/toy/tip_sweep.py --tables 3 --seeds 0 --steps 2 --world /tmp/quick   # smoke
+    python recipes/toy/tip_sweep.py --tables 7                   # Table 7 on the agentic toy world
+
+Table 7 (multi-turn tool calling, DeepPlanning in the paper) runs on the agentic toy world
+(``opsd.toy.agent_build``, ``recipes/toy/agent.yaml``) and on its own (``--tables 7``): its score is
+the trainer's greedy held-out episode accuracy after OPD (an episode is right or wrong as a whole; no
+``eval.run`` pass), and its report adds the TIP quadrant shares per token role (tool call / free
+text / final answer), which show where the Q3 tokens of agentic rollouts sit.
 
 Rows: ``--tables`` takes the same rules and retention ratios as ``recipes/paper/table*.sh`` (the
 union over the tables; every table also needs the all-token baseline); ``--rules RULE:RATIO,...``
@@ -40,6 +47,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from opsd.config import load_config
+
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_RULES = "all:1.0,entropy_sample:0.5,soft_or:0.5,soft_or:0.2,q3:0.2"
 PAIR = "toy"  # the pair tag of every run (eval.compare groups by it)
@@ -52,7 +61,13 @@ TABLE_ROWS: Dict[str, List[Tuple[str, float]]] = {
     "6": [("all", 1.0), ("soft_or", 0.5), ("soft_or_bottom", 0.5)],
     "8": [("all", 1.0)] + [(r, q) for r in ("entropy_sample", "adaptive_kl") for q in (0.5, 0.2, 0.1)],
 }
+# Table 7 on the agentic toy world: the rows of recipes/paper/table7.sh.
+TABLE7_ROWS: List[Tuple[str, float]] = [("all", 1.0), ("entropy_sample", 0.5), ("entropy_sample", 0.2),
+                                        ("q3", 0.2), ("soft_or", 0.5), ("soft_or", 0.2)]
+AGENT_RECIPE, AGENT_WORLD = "recipes/toy/agent.yaml", "artifacts/agent_toy"
+ROLES = ("tool_call", "text", "answer")  # opsd.rollout.agent.ROLE_NAMES
 README_BEGIN, README_END = "<!-- cpu-tables:begin -->", "<!-- cpu-tables:end -->"
+AGENT_BEGIN, AGENT_END = "<!-- cpu-table7:begin -->", "<!-- cpu-table7:end -->"
 
 Rule = Tuple[str, float]
 
@@ -74,10 +89,13 @@ def parse_rules(text: str) -> List[Rule]:
 
 def rules_for_tables(tables: Sequence[str]) -> List[Rule]:
     """The union of the tables' rows, all-token baseline first, each once."""
+    if "7" in tables:
+        if list(tables) != ["7"]:
+            raise SystemExit("--tables: Table 7 runs on the agentic toy world; run `--tables 7` on its own")
+        return list(TABLE7_ROWS)
     bad = [t for t in tables if t not in TABLE_ROWS]
     if bad:
-        raise SystemExit(f"--tables: {bad} not among the CPU tables {sorted(TABLE_ROWS)} "
-                         "(Table 7 needs the agentic world)")
+        raise SystemExit(f"--tables: {bad} not among the CPU tables {sorted(TABLE_ROWS) + ['7']}")
     rows = [("all", 1.0)] + [r for t in tables for r in TABLE_ROWS[t]]
     return list(dict.fromkeys(rows))
 
@@ -115,7 +133,8 @@ def _record_time(out: Path, key: str, seconds: float) -> None:
 
 
 def train_one(args, world: Path, rule: str, ratio: float, seed: int, out: Path) -> None:
-    cmd = [sys.executable, "-m", "opsd.train", "--config", str(ROOT / "recipes/toy/opd.yaml"),
+    recipe = AGENT_RECIPE if args.agent else "recipes/toy/opd.yaml"
+    cmd = [sys.executable, "-m", "opsd.train", "--config", str(ROOT / recipe),
            f"model.student={world / 'student'}", f"model.teacher={world / 'teacher'}",
            f"data.train_files=[{world / 'train.jsonl'}]", f"train.eval_files=[{world / 'heldout.jsonl'}]",
            f"train.output_dir={out}", f"train.seed={seed}", f"train.max_steps={args.steps}",
@@ -141,19 +160,21 @@ def run_all(args, world: Path, out_root: Path, rules: Sequence[Rule], seeds: Seq
     """Train and evaluate what is not done yet; returns how many steps (train or eval) ran."""
     ran = 0
     before = out_root / "before"
-    if not evaluated(before):
+    if getattr(args, "agent", False):  # the trainer's own greedy evaluation (before and after) is the score
+        evaluate = None
+    elif not evaluated(before):
         print("[0] the student before OPD", flush=True)
         evaluate(args, world, world / "student", before / "eval_toy.json", [f"pair={PAIR}-before"])
         ran += 1
     total = len(rules) * len(seeds)
     for k, (rule, ratio, seed) in enumerate(((r, q, s) for r, q in rules for s in seeds), 1):
         d = out_root / run_name(rule, ratio, seed)
-        state = "done" if trained(d) and evaluated(d) else "running"
+        state = "done" if trained(d) and (evaluate is None or evaluated(d)) else "running"
         print(f"[{k}/{total}] {d.name} ({state})", flush=True)
         if not trained(d):
             train(args, world, rule, ratio, seed, d)
             ran += 1
-        if not evaluated(d):
+        if evaluate is not None and not evaluated(d):
             evaluate(args, world, d / "export", d / "eval_toy.json",
                      [f"pair={PAIR}", f"rule={rule}", f"ratio={ratio:g}", f"seed={seed}"])
             ran += 1
@@ -177,6 +198,7 @@ class RunResult:
     wall_s: Optional[float]  # training + evaluation
     quadrants: Dict[str, float] = field(default_factory=dict)  # q1..q4 fraction (mean over steps)
     kept_share: Dict[str, float] = field(default_factory=dict)  # q1..q4 kept share (token-weighted)
+    roles: Dict[str, Dict[str, float]] = field(default_factory=dict)  # agentic: role -> q1..q4, share, kept
 
 
 def mean_at_n(results_path: Path) -> float:
@@ -190,8 +212,9 @@ def mean_at_n(results_path: Path) -> float:
     return v.mean
 
 
-def collect_run(d: Path, rule: str, ratio: float, seed: int) -> Optional[RunResult]:
-    if not (trained(d) and evaluated(d)):
+def collect_run(d: Path, rule: str, ratio: float, seed: int, agent: bool = False) -> Optional[RunResult]:
+    """One run's numbers; ``agent``: the score is the greedy accuracy after OPD (no eval.run file)."""
+    if not (trained(d) and (agent or evaluated(d))):
         return None
     m = read_metrics(d / "metrics.jsonl")
     evals = [100 * r["eval/accuracy"] for r in m if "eval/accuracy" in r]
@@ -206,19 +229,34 @@ def collect_run(d: Path, rule: str, ratio: float, seed: int) -> Optional[RunResu
                 kept[f"q{q}"] = sum(r[f"tip/q{q}_kept"] * x for r, x in zip(tip, w)) / sum(w)
     t = _timing(d)
     wall = sum(t.values()) if t else None
-    return RunResult(rule, ratio, seed, mean_at_n(d / "eval_toy.json"), evals[0] if evals else None,
-                     evals[-1] if len(evals) > 1 else None, sum(r["kept_frac"] * r["tokens"] for r in steps),
-                     sum(r["tokens"] for r in steps), wall, quad, kept)
+    after = evals[-1] if len(evals) > 1 else None
+    if agent and after is None:
+        raise SystemExit(f"{d}/metrics.jsonl: no evaluation after training (train.eval_files unset?)")
+    score = after if agent else mean_at_n(d / "eval_toy.json")
+    return RunResult(rule, ratio, seed, score, evals[0] if evals else None, after,
+                     sum(r["kept_frac"] * r["tokens"] for r in steps), sum(r["tokens"] for r in steps), wall,
+                     quad, kept, role_quadrants(tip))
+
+
+def role_quadrants(tip_steps: Sequence[dict]) -> Dict[str, Dict[str, float]]:
+    """Per token role: mean over steps of its quadrant shares, its share of tokens and kept share."""
+    out = {}
+    for role in ROLES:
+        rows = [r for r in tip_steps if f"tip/{role}/q1_frac" in r]
+        if rows:
+            keys = [f"q{q}_frac" for q in "1234"] + ["frac", "kept_frac"]
+            out[role] = {k: statistics.mean(r[f"tip/{role}/{k}"] for r in rows) for k in keys}
+    return out
 
 
 Agg = Dict[Rule, Dict[int, RunResult]]
 
 
-def collect(out_root: Path, rules: Sequence[Rule], seeds: Sequence[int]) -> Agg:
+def collect(out_root: Path, rules: Sequence[Rule], seeds: Sequence[int], agent: bool = False) -> Agg:
     agg: Agg = {}
     for rule, ratio in rules:
         for seed in seeds:
-            r = collect_run(out_root / run_name(rule, ratio, seed), rule, ratio, seed)
+            r = collect_run(out_root / run_name(rule, ratio, seed), rule, ratio, seed, agent)
             if r is not None:
                 agg.setdefault((rule, ratio), {})[seed] = r
     return agg
@@ -320,6 +358,57 @@ def render_table(number: str, agg: Agg) -> str:
     return "\n".join(out)
 
 
+def render_table7(agg: Agg) -> str:
+    """Table 7's rows on the agentic toy: greedy held-out episode accuracy after OPD (mean ± SE over
+    seeds, paired Δ to all tokens) beside the paper's DeepPlanning Avg@16 / Best@16 (14B / 32B teacher)."""
+    from eval.paper_tables import TABLES
+
+    def paper(rule: str, ratio: float, metric: str) -> str:
+        vals = []
+        for pair in ("qwen3-14b-1.7b", "qwen3-32b-1.7b"):
+            hits = [c for c in TABLES["7"].cells if c.pair == pair and c.metric == metric
+                    and rule in (c.rule,) + tuple(c.also_rules) and abs(c.ratio - ratio) < 1e-9]
+            vals.append(f"{hits[0].mean:.1f}" if hits else "—")
+        return " / ".join(vals)
+
+    out = [f"### Table 7 (CPU, agentic toy world): {TABLES['7'].title}", "",
+           "| rule | ratio | ours: greedy episode accuracy after OPD (Δ vs all) | paper Avg@16 (14B / 32B) | "
+           "paper Best@16 (14B / 32B) |", "|---|---|---|---|---|"]
+    for rule in TABLE7_ROWS:
+        d = paired(agg, rule, ("all", 1.0)) if rule != ("all", 1.0) else None
+        ours = "—" if rule not in agg else f"{accuracy(agg, rule)}" + (f" ({d.signed()})" if d else "")
+        out.append(f"| {rule[0]} | {rule[1]:g} | {ours} | {paper(*rule, 'avg@16')} | {paper(*rule, 'best@16')} |")
+    out += ["", "Ours: percent, mean ± SE over seeds (paired Δ to all tokens, per seed). Paper: DeepPlanning "
+            "travel, Qwen3-1.7B student (values from the paper's text; its table cells were lost in extraction)."]
+    return "\n".join(out)
+
+
+def render_roles(agg: Agg, rules: Sequence[Rule]) -> str:
+    """TIP quadrants per token role (mean over steps and seeds): where the Q3 tokens sit."""
+    lines = ["| rule | ratio | role | share of tokens | Q1 / Q2 / Q3 / Q4 | kept |", "|---|---|---|---|---|---|"]
+    for rule in rules:
+        runs = list(agg.get(rule, {}).values())
+        for role in ROLES:
+            rs = [r.roles[role] for r in runs if role in r.roles]
+            if not rs:
+                continue
+            m = {k: statistics.mean(x[k] for x in rs) for k in rs[0]}
+            q = " / ".join(f"{m[f'q{i}_frac']:.2f}" for i in "1234")
+            lines.append(f"| {rule[0]} | {rule[1]:g} | {role} | {m['frac']:.2f} | {q} | {m['kept_frac']:.2f} |")
+    return "\n".join(lines)
+
+
+def agent_claims(agg: Agg) -> List[str]:
+    """Table 7's claim, tested on the agentic toy."""
+    d = paired(agg, ("q3", 0.2), ("all", 1.0))
+    lines = ["Q3-only 20 % ≥ all tokens on multi-turn tool use (Table 7) — " +
+             _verdict(d, d is not None and d.mean >= 0, "Δ(Q3 20 % − all) =")]
+    d = paired(agg, ("soft_or", 0.2), ("all", 1.0))
+    lines.append("Soft-OR 20 % ≥ all tokens on multi-turn tool use (Table 7, Best@16) — " +
+                 _verdict(d, d is not None and d.mean >= 0, "Δ(Soft-OR 20 % − all) ="))
+    return lines
+
+
 def render_summary(agg: Agg, rules: Sequence[Rule], n: int) -> str:
     lines = [f"| rule | ratio | seeds | greedy before | greedy after | mean@{n} (T=1) | Δ vs all (paired) | "
              "Q1 / Q2 / Q3 / Q4 fraction | kept share Q1 / Q2 / Q3 / Q4 | kept tokens / run | wall s / run |",
@@ -411,12 +500,24 @@ def readme_block(agg: Agg, seeds: Sequence[int], steps: int, n: int, wall_s: flo
     return "\n".join([README_BEGIN, head, ""] + [f"- {c}" for c in cl] + [README_END])
 
 
+def agent_readme_block(agg: Agg, seeds: Sequence[int], steps, wall_s: float) -> str:
+    done = sum(len(v) for v in agg.values())
+    head = (f"Generated by `make cpu-tables` (Table 7: {done} runs on the agentic toy world, {steps} OPD steps "
+            f"each, seeds {', '.join(map(str, seeds))}, greedy held-out episode accuracy; total wall time "
+            f"{wall_s / 60:.0f} min). Paired Δ over seeds, ± one SE:")
+    if not agg:
+        head = "Not yet run: `make cpu-tables` writes the Table 7 claim lines here."
+    return "\n".join([AGENT_BEGIN, head, ""] + [f"- {c}" for c in agent_claims(agg)] + [AGENT_END])
+
+
 def update_readme(path: Path, block: str) -> None:
+    """Replace the block whose markers open and close ``block`` (its first and last line)."""
+    begin, end = block.splitlines()[0], block.splitlines()[-1]
     text = path.read_text()
-    if README_BEGIN not in text or README_END not in text:
-        raise SystemExit(f"{path}: no '{README_BEGIN}' … '{README_END}' block to replace")
-    head, rest = text.split(README_BEGIN, 1)
-    tail = rest.split(README_END, 1)[1]
+    if begin not in text or end not in text:
+        raise SystemExit(f"{path}: no '{begin}' … '{end}' block to replace")
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
     path.write_text(head + block + tail)
 
 
@@ -468,6 +569,8 @@ def plot(agg: Agg, path: Path) -> None:
 
 
 def report(args, out_root: Path, rules: Sequence[Rule], tables: Sequence[str], wall_s: float) -> str:
+    if getattr(args, "agent", False):
+        return report_agent(args, out_root, rules, wall_s)
     agg = collect(out_root, rules, args.seeds)
     before = out_root / "before" / "eval_toy.json"
     total_run_s = sum(r.wall_s or 0 for v in agg.values() for r in v.values())
@@ -488,15 +591,31 @@ def report(args, out_root: Path, rules: Sequence[Rule], tables: Sequence[str], w
     return "\n".join(parts)
 
 
+def report_agent(args, out_root: Path, rules: Sequence[Rule], wall_s: float) -> str:
+    agg = collect(out_root, rules, args.seeds, agent=True)
+    total_run_s = sum(r.wall_s or 0 for v in agg.values() for r in v.values())
+    parts = ["# Table 7 at CPU scale (agentic toy world)", "",
+             f"{len(args.seeds)} seed(s) per row ({', '.join(map(str, args.seeds))}), {args.steps} OPD steps per run "
+             f"(recipes/toy/agent.yaml), greedy accuracy on {args.eval_limit} held-out episodes played through the "
+             "agent loop. Seeds change prompt order, rollout sampling and selection sampling, not the world.",
+             f"Wall time: this invocation {wall_s:.0f} s; all runs' training {total_run_s:.0f} s.", "",
+             "## Claims", ""] + [f"- {c}" for c in agent_claims(agg)] + [""]
+    parts += [render_table7(agg), "", "## TIP quadrants per token role", "", render_roles(agg, rules), "",
+              "## Per rule", "", render_summary(agg, rules, args.n), "", "## Per run", "", render_runs(agg), ""]
+    return "\n".join(parts)
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--world", default="artifacts/toy", help="toy world folder (built if missing)")
+    ap.add_argument("--world", default=None, help="toy world folder, built if missing (default artifacts/toy; "
+                    f"{AGENT_WORLD} with --tables 7)")
     ap.add_argument("--out", default=None, help="one sub-folder per run (default runs/cpu-tables with "
-                    "--tables, else runs/toy-sweep)")
+                    "--tables, runs/cpu-table7 with --tables 7, else runs/toy-sweep)")
     ap.add_argument("--tables", default=None, help="paper tables, e.g. 3,4,5,6,8 (their rows and layouts)")
     ap.add_argument("--rules", default=None, help=f"RULE:RATIO list instead of --tables (default {DEFAULT_RULES})")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=200, help="optimizer steps per run (the recipe's own)")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default: the recipe's own, "
+                    "200 for the math toy, 40 for the agentic toy)")
     ap.add_argument("--eval-limit", type=int, default=256, help="held-out problems scored")
     ap.add_argument("--n", type=int, default=4, help="samples per problem for mean@n")
     ap.add_argument("--report", default=None, help="Markdown report (default OUT/report.md)")
@@ -511,12 +630,18 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     tables = [t.strip() for t in args.tables.split(",") if t.strip()] if args.tables else []
     rules = rules_for_tables(tables) if tables and not args.rules else parse_rules(args.rules or DEFAULT_RULES)
-    world = Path(args.world).resolve()
+    args.agent = tables == ["7"]
+    recipe = load_config(str(ROOT / (AGENT_RECIPE if args.agent else "recipes/toy/opd.yaml")), [])
+    args.steps = args.steps or recipe.train.max_steps
+    world = Path(args.world or (AGENT_WORLD if args.agent else "artifacts/toy")).resolve()
     if not all((world / n).exists() for n in ("student", "teacher", "train.jsonl", "heldout.jsonl")):
-        from opsd.toy.build import ensure_world  # a world that is present is used as it is
-
+        if args.agent:  # a world that is present is used as it is
+            from opsd.toy.agent_build import ensure_world
+        else:
+            from opsd.toy.build import ensure_world
         ensure_world(str(world))
-    out_root = Path(args.out or ("runs/cpu-tables" if tables else "runs/toy-sweep")).resolve()
+    default_out = "runs/cpu-table7" if args.agent else "runs/cpu-tables" if tables else "runs/toy-sweep"
+    out_root = Path(args.out or default_out).resolve()
     if not args.report_only:
         run_all(args, world, out_root, rules, args.seeds)
     wall = time.time() - t0
@@ -525,9 +650,11 @@ def main(argv=None) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     if args.readme:
-        agg = collect(out_root, rules, args.seeds)
+        agg = collect(out_root, rules, args.seeds, args.agent)
         walls = sum(r.wall_s or 0 for v in agg.values() for r in v.values())
-        update_readme(Path(args.readme), readme_block(agg, args.seeds, args.steps, args.n, walls))
+        block = (agent_readme_block(agg, args.seeds, args.steps, walls) if args.agent
+                 else readme_block(agg, args.seeds, args.steps, args.n, walls))
+        update_readme(Path(args.readme), block)
     print(text)
     print(f"report: {path}\ntotal wall time: {time.time() - t0:.0f} s")
     return 0
