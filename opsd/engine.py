@@ -5,12 +5,18 @@ default) and the multi-GPU path are the same code. vLLM and DeepSpeed are import
 """
 from __future__ import annotations
 
+import gc
+import logging
 import math
 import os
 import socket
+import sys
+import time
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger(__name__)
 
 
 def pick_device(name: str) -> torch.device:
@@ -45,23 +51,112 @@ def init_distributed(device: torch.device) -> None:
         torch.cuda.set_device(device)
 
 
-def shutdown_distributed(barrier: bool = True) -> None:
-    """Tear down the process group before the interpreter exits (``opsd.train`` and every
-    multi-process child call this last).
+def shutdown_distributed(barrier: bool = True) -> int:
+    """Tear the process groups down before the interpreter exits; returns how many gloo worker
+    threads are still busy afterwards (0 = a clean teardown). ``opsd.train`` and every
+    multi-process test child call this last, *after* their trainer is out of scope.
 
-    Why: left to interpreter exit, the C++ destructors of the gloo process group and of rank 0's
-    TCPStore server run during finalization while their background threads can still be joinable,
-    and the process aborts ("terminate called without an active exception", SIGABRT) after a
-    successful run -- a non-zero exit that breaks launch scripts and schedulers. ``barrier``: wait
-    until every rank is done first (after a clean run), so that no rank takes the store down while
-    another still uses it; skip it after a failure, when a peer may never arrive."""
+    Why (found in a core dump of a rank that aborted at exit with "terminate called without an
+    active exception"): a gloo worker thread drops its last finished collective a moment after
+    the caller has moved on; if that collective's tensors still have Python objects, dropping them
+    takes the GIL, and when that happens while the interpreter is finalizing, the thread is forced
+    to exit inside a C++ destructor -> std::terminate -> SIGABRT, after a run that succeeded. The
+    threads stop only when their ProcessGroup object is destroyed, and ``dist.destroy_process_group``
+    does not destroy a group that Python still references -- DeepSpeed does: its module globals,
+    the engine and ZeRO optimizer, and every ZeRO-3 parameter (``ds_process_group``). So: barrier,
+    then DeepSpeed's ``destroy_process_group`` (torch's, plus the release of DeepSpeed's globals)
+    and of the references DeepSpeed ZeRO-3 keeps in module globals, then a garbage collection that
+    frees the engines (``Trainer.cleanup`` destroyed their hooks) and parameters the caller has let
+    go: the groups' destructors join their worker threads while the interpreter is fully alive.
+    A group that something still references (DeepSpeed keeps the default group alive from C++
+    after ``deepspeed.initialize``: not found from Python) keeps its threads until exit; for those
+    we wait until each sleeps idle, having dropped its last collective, before returning.
+
+    ``barrier``: wait until every rank is done first (after a clean run), so that no rank takes a
+    group down while another still uses it; skip it after a failure, when a peer may never arrive."""
     if not (dist.is_available() and dist.is_initialized()):
-        return
+        return _drain_gloo_workers() if gloo_worker_threads() else 0
     try:
         if barrier and dist.get_world_size() > 1:
             dist.barrier()
     finally:
-        dist.destroy_process_group()
+        ds_comm = sys.modules.get("deepspeed.comm.comm")
+        if ds_comm is not None and ds_comm.is_initialized():
+            ds_comm.destroy_process_group()
+        else:
+            dist.destroy_process_group()
+    _release_deepspeed_engines()
+    gc.collect()
+    busy = _drain_gloo_workers(DRAIN_TIMEOUT_S)
+    if busy:
+        log.warning("%d gloo worker thread(s) still busy %.0f s after the process-group teardown; the process "
+                    "may abort at exit", busy, DRAIN_TIMEOUT_S)
+    return busy
+
+
+def _release_deepspeed_engines() -> None:
+    """Drop the references DeepSpeed ZeRO-3 keeps to every engine it built, so that the engines,
+    their parameters and through them the process groups can be freed (DeepSpeed 0.18; neither is
+    undone by ``engine.destroy()``): ``parameter_offload.FWD_MODULE_STACK``, a module-level list to
+    which each ZeRO-3 engine's top module is appended at setup and never popped, and the
+    ``lru_cache`` on ``PartitionedParameterCoordinator.__params_to_release``, a method cache whose
+    keys hold the coordinators and modules. Called only at teardown, when no forward can run."""
+    offload = sys.modules.get("deepspeed.runtime.zero.parameter_offload")
+    if offload is not None and isinstance(getattr(offload, "FWD_MODULE_STACK", None), list):
+        offload.FWD_MODULE_STACK.clear()
+    coord = sys.modules.get("deepspeed.runtime.zero.partitioned_param_coordinator")
+    fn = getattr(getattr(coord, "PartitionedParameterCoordinator", None),
+                 "_PartitionedParameterCoordinator__params_to_release", None)
+    for _ in range(3):  # the cache sits under DeepSpeed's nvtx wrapper (in its closure)
+        if fn is None or hasattr(fn, "cache_clear"):
+            break
+        inner = [c.cell_contents for c in getattr(fn, "__closure__", None) or () if callable(c.cell_contents)]
+        fn = getattr(fn, "__wrapped__", None) or (inner[0] if inner else None)
+    if fn is not None and hasattr(fn, "cache_clear"):
+        fn.cache_clear()
+
+
+def _gloo_worker_states() -> list:
+    """Scheduler state (``R``, ``S``, ...) of each thread of this process named ``pt_gloo_runloop``
+    (a gloo process group's workers); Linux ``/proc``, an empty list elsewhere."""
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return []
+    states = []
+    for t in tasks:
+        try:
+            with open(f"/proc/self/task/{t}/comm") as f:
+                if f.read().strip() != "pt_gloo_runloop":
+                    continue
+            with open(f"/proc/self/task/{t}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+        except (OSError, IndexError):  # the thread ended meanwhile
+            pass
+    return states
+
+
+def gloo_worker_threads() -> int:
+    """How many gloo worker threads this process still has."""
+    return len(_gloo_worker_states())
+
+
+DRAIN_TIMEOUT_S = 10.0
+
+
+def _drain_gloo_workers(timeout_s: float = DRAIN_TIMEOUT_S, settle: int = 5) -> int:
+    """Wait until every remaining gloo worker thread sleeps (``S``) in ``settle`` samples in a row,
+    i.e. waits for work that will never come, having dropped its last finished collective; returns
+    how many are still not idle at ``timeout_s``. For groups something still references after the
+    teardown: their threads live until exit, and must not be holding a collective's tensors then."""
+    deadline, calm = time.monotonic() + timeout_s, 0
+    while time.monotonic() < deadline:
+        busy = sum(st != "S" for st in _gloo_worker_states())
+        calm = calm + 1 if busy == 0 else 0
+        if calm >= settle:
+            return 0
+        time.sleep(0.01)  # without the GIL: a worker dropping its tensors can take it
+    return sum(st != "S" for st in _gloo_worker_states())
 
 
 def comm_device() -> torch.device:

@@ -74,6 +74,11 @@ class Teacher:
             self.body = _Body(self.model)
             self.model.to(device if placement == "resident" else "cpu")
 
+    def close(self) -> None:
+        """Release a sharded teacher's DeepSpeed engine (its hooks; see Trainer.cleanup)."""
+        if self.sharding == "zero3" and hasattr(self.body, "destroy"):
+            self.body.destroy()
+
     def load(self) -> None:
         """Bring the teacher body to the device for the scoring phase."""
         if self.placement == "offload" and self.sharding == "none":

@@ -516,6 +516,15 @@ class Trainer:
             self.env.close()
         if hasattr(self, "logger"):
             self.logger.close()
+        # DeepSpeed's engines hold autograd hooks (C++ objects that reference Python closures over
+        # the engine, its parameters and process groups): a reference cycle the garbage collector
+        # cannot see, which kept the process groups' gloo threads alive until interpreter exit
+        # (opsd.engine.shutdown_distributed). destroy() removes the hooks.
+        if getattr(self, "engine", None) is not None and not getattr(self, "_engines_destroyed", False):
+            self.engine.destroy()
+            if getattr(self, "teacher", None) is not None:
+                self.teacher.close()
+            self._engines_destroyed = True
 
 
 def models_vocab(student, teacher, tokenizer) -> int:

@@ -13,7 +13,6 @@ import conftest  # noqa: F401  (offline env)
 from _fakes import FixedRollouts
 from opsd.config import load_config
 from opsd.rollout import RolloutEngineError, WeightSyncError
-from opsd.engine import shutdown_distributed
 from opsd.trainer import Trainer, TrainingAborted
 
 
@@ -53,8 +52,8 @@ def main():
     with open(os.path.join(out, f"rank{tr.rank}.txt"), "w") as f:
         f.write(result)
     tr.cleanup()
-    shutdown_distributed()  # an orderly teardown, or rank 0 may abort at exit (opsd.engine)
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    conftest.end_worker(main())  # after main: the trainer is out of scope, its groups can go

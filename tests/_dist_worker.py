@@ -13,7 +13,6 @@ import torch
 
 from _fakes import FixedRollouts
 from opsd.config import load_config
-from opsd.engine import shutdown_distributed
 from opsd.trainer import Trainer
 
 
@@ -47,8 +46,8 @@ def main():
         with open(os.path.join(out, "metrics.json"), "w") as f:
             json.dump(metrics, f)
     tr.cleanup()
-    shutdown_distributed()  # an orderly teardown, or rank 0 may abort at exit (opsd.engine)
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    conftest.end_worker(main())  # after main: the trainer is out of scope, its groups can go

@@ -68,10 +68,8 @@ def main():
                   gathered_after=sum(p.data.numel() for p in sharded.model.parameters()))
     with open(os.path.join(out, f"rank{rank()}.json"), "w") as f:
         json.dump(result, f)
-    from opsd.engine import shutdown_distributed
-
-    shutdown_distributed()  # an orderly teardown, or rank 0 may abort at exit (opsd.engine)
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    conftest.end_worker(main())  # after main: the teachers are out of scope, their groups can go

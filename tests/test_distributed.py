@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import assert_clean_teardown
+
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 
@@ -35,6 +37,7 @@ def _run(args, nproc, out, extra=()):
                str(HERE / "_dist_worker.py")]
     r = subprocess.run(cmd + args + [str(out), *extra], env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
+    assert_clean_teardown(out, nproc)
     return json.loads((out / "losses.json").read_text()), torch.load(out / "weights.pt")
 
 
@@ -86,6 +89,7 @@ def test_a_failure_on_one_rank_stops_every_rank(tiny_world, tmp_path, fail_rank,
            str(tmp_path), str(fail_rank), where]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
+    assert_clean_teardown(tmp_path, 2)  # also after an aborted run: nothing left for exit to race
     texts = [(tmp_path / f"rank{i}.txt").read_text() for i in range(2)]
     for i, text in enumerate(texts):
         assert text.startswith("aborted at step 2"), (i, text)

@@ -17,6 +17,7 @@ from opsd.data import build_sequences
 from opsd.rollout.base import RolloutBackend, Rollouts
 
 from _runs import run_overrides
+from conftest import assert_clean_teardown
 
 
 class LongTailRollouts(RolloutBackend):
@@ -360,6 +361,7 @@ def run_dist_worker(paths, nproc, out, overrides=()):
     r = subprocess.run(cmd + list(paths) + [str(out), *overrides], env=_env(), capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
+    assert_clean_teardown(out, nproc)
     return json.loads((out / "losses.json").read_text()), torch.load(out / "weights.pt")
 
 

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from opsd.config import ConfigError, load_config
+from conftest import assert_clean_teardown
 
 HERE = Path(__file__).parent
 FP32_TOL = 1e-5
 
 
-def _torchrun(script, args, nproc=2):
+def _torchrun(script, args, nproc=2, out=None):
     from test_distributed import _env
 
     with socket.socket() as sock:
@@ -26,11 +27,13 @@ def _torchrun(script, args, nproc=2):
            str(HERE / script), *args]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
+    if out is not None:
+        assert_clean_teardown(out, nproc)
 
 
 @pytest.mark.slow
 def test_sharded_teacher_equals_full_teacher_with_half_the_bytes_per_rank(tiny_world, tmp_path):
-    _torchrun("_sharded_teacher_worker.py", [tiny_world["teacher"], str(tmp_path)])
+    _torchrun("_sharded_teacher_worker.py", [tiny_world["teacher"], str(tmp_path)], out=tmp_path)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for res in ranks:
         print(json.dumps(res))

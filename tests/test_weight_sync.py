@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import assert_clean_teardown
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -101,6 +103,7 @@ def test_zero3_gathered_equals_full_state(world, tmp_path):
     outs = [p.communicate(timeout=300)[0] for p in procs]
     for r, (p, out) in enumerate(zip(procs, outs)):
         assert p.returncode == 0, f"rank {r} failed:\n{out[-4000:]}"
+    assert_clean_teardown(tmp_path, world)
     for r in range(world):
         res = json.loads((tmp_path / f"rank{r}.json").read_text())
         assert res["partitioned"], "ZeRO-3 did not partition the parameters; the test proves nothing"
@@ -163,11 +166,11 @@ def _worker(out_dir: str) -> None:
            "diffs": {k: (got1[k] - v).abs().max().item() for k, v in ref.state_dict().items() if k in got1},
            "changed": any(not torch.equal(got0[k], got1[k]) for k in got0)}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(res))
-    from opsd.engine import shutdown_distributed
-
-    shutdown_distributed()  # barrier + destroy: without it rank 0 could abort at exit (SIGABRT)
 
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
+    import conftest
+
     _worker(sys.argv[1])
+    conftest.end_worker(sys.argv[1])  # after _worker: the engine is out of scope, its groups can go
