@@ -9,6 +9,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 import conftest  # noqa: F401  (offline env)
+import _teardown
 import torch
 
 from _fakes import FixedRollouts
@@ -50,4 +51,4 @@ def main():
 
 
 if __name__ == "__main__":
-    conftest.end_worker(main())  # after main: the trainer is out of scope, its groups can go
+    _teardown.end_worker(main())  # after main: the trainer is out of scope, its groups can go

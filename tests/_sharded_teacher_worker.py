@@ -10,6 +10,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 import conftest  # noqa: F401  (offline env)
+import _teardown
 import torch
 
 from opsd import packing
@@ -72,4 +73,4 @@ def main():
 
 
 if __name__ == "__main__":
-    conftest.end_worker(main())  # after main: the teachers are out of scope, their groups can go
+    _teardown.end_worker(main())  # after main: the teachers are out of scope, their groups can go

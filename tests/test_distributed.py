@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_clean_teardown
+from _teardown import assert_clean_teardown
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent

@@ -17,7 +17,7 @@ from opsd.data import build_sequences
 from opsd.rollout.base import RolloutBackend, Rollouts
 
 from _runs import run_overrides
-from conftest import assert_clean_teardown
+from _teardown import assert_clean_teardown
 
 
 class LongTailRollouts(RolloutBackend):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from opsd.config import ConfigError, load_config
-from conftest import assert_clean_teardown
+from _teardown import assert_clean_teardown
 
 HERE = Path(__file__).parent
 FP32_TOL = 1e-5

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import assert_clean_teardown
+from _teardown import assert_clean_teardown
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -170,7 +170,7 @@ def _worker(out_dir: str) -> None:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
-    import conftest
+    import _teardown
 
     _worker(sys.argv[1])
-    conftest.end_worker(sys.argv[1])  # after _worker: the engine is out of scope, its groups can go
+    _teardown.end_worker(sys.argv[1])  # after _worker: the engine is out of scope, its groups can go
