@@ -32,7 +32,7 @@ if ! db_check="$("$PYTHON" -m eval.prepare --data-dir "$DATA_DIR" --only "" --de
          "(a real run stops here): $(head -n 2 <<<"$db_check" | tr '\n' ' ')"
   else
     {
-      echo "table 7 needs the DeepPlanning travel database: set DEEPPLANNING_DB to the unzipped"
+      echo "table 7 needs the DeepPlanning travel database (DEEPPLANNING_DB=$DEEPPLANNING_DB): set DEEPPLANNING_DB to the unzipped"
       echo "database_en.zip of the Hub data set Qwen/DeepPlanning (the folder holding id_0 ... id_119)."
       echo "$db_check" | head -n 6
     } >&2
