@@ -253,6 +253,41 @@ def test_gold_episodes_through_the_agent_loop_match_the_sft_layout(tok):
     assert max(len(r) for r in out.response_ids) < 100 and max(len(p) + len(r) for p, r in zip(out.prompt_ids, out.response_ids)) < 128
 
 
+def test_recovery_episodes_match_the_loop_and_train_only_the_right_calls(tok):
+    """A gold episode with a wrong call first (SFT's recovery examples) is laid out exactly as the
+    loop lays out a student that makes that call: same ids, the same tool answer (an error text or
+    an unasked fact); the wrong call is context (IGNORE), the right calls and the answer are targets."""
+    import random
+
+    from opsd.toy.agent_build import AgentWorldConfig, GoldLayout, agent_loop, wrong_call
+    from opsd.toy.agent_task import tool_call_text
+
+    cfg = AgentWorldConfig()
+    qs = make_questions(9, seed=2, split="heldout")
+    layout, loop = GoldLayout(tok, cfg, None), agent_loop(tok, cfg)
+    wrong, script, kinds = {}, {}, set()
+    for i, q in enumerate(qs):
+        k = i % len(q.needed)
+        attr, who = wrong_call(q, k, random.Random(i))
+        assert (attr, who) not in {(f.attr, f.who) for f in q.needed}
+        kinds.add("error" if who not in {f.who for f in q.facts} else "fact")
+        wrong[i] = (k, attr, who)
+        turns = gold_turns(q)
+        script[tuple(loop.prompt_ids(LookupEnv().reset(q.row())))] = turns[:k] + [tool_call_text(attr, who)] + turns[k:]
+    assert kinds == {"error", "fact"}
+    loop.backend = _Scripted(tok, script)
+    out = loop.run([q.row() for q in qs], SamplingConfig(temperature=0.0, max_new_tokens=64))
+    assert out.rewards == [1.0] * len(qs)
+    for i, (q, p, r) in enumerate(zip(qs, out.prompt_ids, out.response_ids)):
+        k, attr, who = wrong[i]
+        ids, labels = layout.example(q, k, random.Random(i))
+        assert p + r == ids
+        targets = tok.decode([x for x, y in zip(ids, labels) if y != -100])
+        assert tool_call_text(attr, who) not in targets
+        assert all(tool_call_text(f.attr, f.who) in targets for f in q.needed)
+    assert max(len(r) for r in out.response_ids) <= cfg.max_episode_tokens
+
+
 def test_sampled_spellings_are_trained_as_sampled(tok):
     """A student that spells a tool name character by character makes a valid call; the trained
     ids are the spelled ones (decode -> encode would turn them into the piece's one id)."""

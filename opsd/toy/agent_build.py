@@ -1,6 +1,6 @@
 """Build the agentic toy world: tokenizer, episode rows, and a trained teacher and student.
 
-    python -m opsd.toy.agent_build --out artifacts/agent_toy       # ~30 min on 2 busy CPU cores
+    python -m opsd.toy.agent_build --out artifacts/agent_toy       # ~50 min on 2 busy CPU cores
     python -m opsd.toy.agent_build --out /tmp/agent --quick        # seconds; untrained, for tests
 
 Layout of ``--out``::
@@ -40,8 +40,9 @@ import torch
 
 from opsd.toy import agent_tokenizer as atok
 from opsd.toy.agent_env import LookupEnv, LookupEpisode
-from opsd.toy.agent_task import (ARG, AgentTaskConfig, Question, expected_lines, gold_turns, make_questions,
-                                 sample_question, split_of, write_rows)
+from opsd.environment import ToolCall
+from opsd.toy.agent_task import (ARG, ATTRIBUTES, NAMES, AgentTaskConfig, Question, expected_lines, gold_turns,
+                                 make_questions, sample_question, split_of, tool_call_text, write_rows)
 from opsd.toy.build import (IGNORE, ModelSpec, _read_json, _replace_dir, _write_json, lr_at, minmax, model_size,
                             pad_right, response_logprobs)
 
@@ -56,9 +57,15 @@ class AgentWorldConfig:
     n_heldout: int = 256  # rows in heldout.jsonl (the evaluation set)
     teacher: ModelSpec = field(default_factory=lambda: ModelSpec(
         layers=4, hidden=128, heads=4, kv_heads=2, intermediate=384, steps=1200, batch_size=32, lr=3e-3))
-    student: ModelSpec = field(default_factory=lambda: ModelSpec(  # the teacher's shape, a quarter of its SFT
-        layers=4, hidden=128, heads=4, kv_heads=2, intermediate=384, steps=300, batch_size=32, lr=3e-3))
+    student: ModelSpec = field(default_factory=lambda: ModelSpec(  # the teacher's shape, 5/6 of its SFT
+        layers=4, hidden=128, heads=4, kv_heads=2, intermediate=384, steps=1000, batch_size=32, lr=3e-3))
     no_think_fraction: float = 0.2  # SFT share rendered with enable_thinking=False
+    # SFT share of gold episodes with one wrong call (an unknown name, another entity, or another
+    # attribute) before a right one: the call is context, not a target, and the tool's answer to it
+    # (an error text or an unasked fact) is followed by the right call. A teacher that never saw a
+    # failed call has no useful distribution on the student's episodes after one -- which is where
+    # on-policy distillation spends most of its tokens on this world.
+    recovery_fraction: float = 0.3
     max_turns: int = 4  # evaluation episodes: the limits of recipes/toy/agent.yaml
     max_episode_tokens: int = 128
     max_new_tokens: int = 32  # per assistant turn (a gold call is 10 tokens, the answer <= 10)
@@ -70,9 +77,10 @@ class AgentWorldConfig:
     threads: int = 2
 
     def fingerprint(self, *keys: str) -> str:
-        """Hash of the named fields (all when none) plus the tokenizer alphabet and template."""
+        """Hash of the named fields (all but ``threads`` when none: the thread count does not change
+        the world) plus the tokenizer alphabet and template."""
         d = asdict(self)
-        d = {k: d[k] for k in keys} if keys else d
+        d = {k: d[k] for k in keys} if keys else {k: v for k, v in d.items() if k != "threads"}
         d["_alphabet"], d["_pieces"], d["_template"] = atok.ALPHABET, list(atok.PIECES), atok.CHAT_TEMPLATE
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -103,19 +111,46 @@ class GoldLayout:
         self.tok, self.loop = tok, agent_loop(tok, cfg, enable_thinking)
         self._tool_ids: Dict[str, List[int]] = {}
 
-    def example(self, q: Question):
+    def _tool_turn(self, result: str) -> List[int]:
+        if result not in self._tool_ids:
+            self._tool_ids[result] = self.loop.tool_turn_ids([{"role": "tool", "content": result}])
+        return self._tool_ids[result]
+
+    def example(self, q: Question, wrong_before: Optional[int] = None, rng: Optional[random.Random] = None):
+        """The gold episode of ``q``; with ``wrong_before=k`` a wrong call (drawn with ``rng``) and
+        the tool's answer to it precede the k-th right call, as context (labels IGNORE)."""
         ep = LookupEpisode(q.row())
         ids = self.loop.prompt_ids(ep)
         labels = [IGNORE] * len(ids)
         for k, text in enumerate(gold_turns(q)):
+            if k == wrong_before:
+                attr, who = wrong_call(q, k, rng or random.Random(0))
+                turn = self.tok.encode(tool_call_text(attr, who) + atok.EOS, add_special_tokens=False)
+                _, result = self.loop._run_tool(ep, ToolCall(attr, {ARG: who}, raw=""))  # the loop's own text
+                context = turn + self._tool_turn(result)
+                ids, labels = ids + context, labels + [IGNORE] * len(context)
             turn = self.tok.encode(text + atok.EOS, add_special_tokens=False)
             ids, labels = ids + turn, labels + turn
             if k < len(q.needed):  # a call: the loop inserts the tool turn (context, not a target)
-                result = ep.call_tool(q.needed[k].attr, {ARG: q.needed[k].who})
-                if result not in self._tool_ids:
-                    self._tool_ids[result] = self.loop.tool_turn_ids([{"role": "tool", "content": result}])
-                ids, labels = ids + self._tool_ids[result], labels + [IGNORE] * len(self._tool_ids[result])
+                tool = self._tool_turn(ep.call_tool(q.needed[k].attr, {ARG: q.needed[k].who}))
+                ids, labels = ids + tool, labels + [IGNORE] * len(tool)
         return ids, labels
+
+
+def wrong_call(q: Question, k: int, rng: random.Random):
+    """A wrong ``(attr, who)`` in place of the k-th asked fact: a name not in the database (the tool
+    answers with an error), another entity of the database, or another attribute of the right one
+    (the tool answers with an unasked fact) -- never a fact the question asks for."""
+    right = q.needed[k]
+    names = sorted({f.who for f in q.facts})
+    asked = {(f.attr, f.who) for f in q.needed}
+    kind = rng.randrange(3)
+    if kind == 0:
+        return right.attr, rng.choice([n for n in NAMES if n not in names])
+    options = ([(right.attr, n) for n in names if n != right.who] if kind == 1
+               else [(a, right.who) for a in ATTRIBUTES if a != right.attr])
+    options = [o for o in options if o not in asked] or [(right.attr, rng.choice([n for n in NAMES if n not in names]))]
+    return rng.choice(options)
 
 
 def sft_batches(tok, cfg: AgentWorldConfig, spec: ModelSpec, seed: int) -> Iterator[Dict[str, torch.Tensor]]:
@@ -129,7 +164,9 @@ def sft_batches(tok, cfg: AgentWorldConfig, spec: ModelSpec, seed: int) -> Itera
         while len(rows) < spec.batch_size:
             q = rng.choice(pool) if pool else sample_question(rng, cfg.task)
             if split_of(q, cfg.task) == "train":
-                rows.append(layouts[rng.random() < cfg.no_think_fraction].example(q))
+                layout = layouts[rng.random() < cfg.no_think_fraction]
+                wrong = rng.randrange(len(q.needed)) if rng.random() < cfg.recovery_fraction else None
+                rows.append(layout.example(q, wrong, rng))
         yield {"input_ids": pad_right([r[0] for r in rows], tok.pad_token_id),  # (B, L)
                "labels": pad_right([r[1] for r in rows], IGNORE)}  # (B, L)
 
@@ -309,7 +346,7 @@ def ensure_rows(out: Path, cfg: AgentWorldConfig) -> bool:
 
 
 def model_fingerprint(cfg: AgentWorldConfig, role: str) -> str:
-    return cfg.fingerprint("seed", "task", role, "no_think_fraction")
+    return cfg.fingerprint("seed", "task", role, "no_think_fraction", "recovery_fraction")
 
 
 def ensure_model(path: Path, role: str, tok, cfg: AgentWorldConfig):

@@ -9,7 +9,7 @@ Layout of ``--out``::
     train.jsonl       {"prompt", "answer"} lines: the trainer's prompts (train split)
     heldout.jsonl     256 held-out problems (disjoint from train by hash)
     teacher/          Qwen3ForCausalLM + tokenizer, SFT-trained (4 layers, hidden 128)
-    student/          Qwen3ForCausalLM + tokenizer, SFT-trained, deliberately weaker
+    student/          Qwen3ForCausalLM + tokenizer, SFT-trained, deliberately weaker (3 layers, hidden 96, SFT cut short)
     build_info.json   accuracies, TIP quadrant fractions, wall time, the config used
 
 Idempotent: each part is checked (content or config fingerprint) and rebuilt only when missing or
@@ -69,8 +69,11 @@ class WorldConfig:
     n_heldout: int = 256  # prompts in heldout.jsonl (the evaluation set)
     teacher: ModelSpec = field(default_factory=lambda: ModelSpec(
         layers=4, hidden=128, heads=4, kv_heads=2, intermediate=384, steps=900, lr=3e-3))
+    # The student has room to learn arithmetic (3L d96, 330k params) but its SFT stops mid-learning-curve
+    # (constant lr, no anneal): greedy ~0.38, so OPD has a gap to close (~60% in 100 steps at lr 1e-3).
+    # The 2L d64 student of before barely moved under OPD (0.13 -> 0.15) and collapsed at higher lr.
     student: ModelSpec = field(default_factory=lambda: ModelSpec(
-        layers=2, hidden=64, heads=2, kv_heads=1, intermediate=192, steps=500, lr=3e-3))
+        layers=3, hidden=96, heads=3, kv_heads=1, intermediate=288, steps=350, lr=3e-3, min_lr_ratio=1.0))
     no_think_fraction: float = 0.25  # SFT share rendered with enable_thinking=False (empty think block)
     max_new_tokens: int = 64
     gen_batch_size: int = 256
