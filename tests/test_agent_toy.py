@@ -288,6 +288,43 @@ def test_recovery_episodes_match_the_loop_and_train_only_the_right_calls(tok):
     assert max(len(r) for r in out.response_ids) <= cfg.max_episode_tokens
 
 
+def test_misconception_is_the_students_habit_only_and_matches_the_loop(tok):
+    """The student's SFT habit (asked for weight, look up height) is laid out exactly as the loop
+    lays out a student that makes those calls: the wrong tool is a target, the arithmetic uses the
+    fetched values; the teacher's fingerprint ignores it, the student's does not."""
+    import dataclasses
+    import random
+
+    from opsd.toy.agent_build import AgentWorldConfig, GoldLayout, Misconception, agent_loop, model_fingerprint
+    from opsd.toy.agent_task import extract_answer, tool_call_text
+
+    cfg = AgentWorldConfig()
+    habit = Misconception(asked="weight", called="height", rate=1.0)
+    qs = [q for q in make_questions(40, seed=3, split="heldout") if any(f.attr == "weight" for f in q.needed)][:6]
+    answered = [habit.apply(q, random.Random(0)) for q in qs]
+    for q, a in zip(qs, answered):
+        assert a.prompt != q.prompt  # a Question's prompt derives from its facts ...
+        assert [f.attr for f in a.needed] == ["height" if f.attr == "weight" else f.attr for f in q.needed]
+        assert all(f in q.facts for f in a.needed)  # ... so example() keeps q's prompt and a's turns
+    layout, loop = GoldLayout(tok, cfg, None), agent_loop(tok, cfg)
+    loop.backend = _Scripted(tok, {tuple(loop.prompt_ids(LookupEnv().reset(q.row()))): gold_turns(a)
+                                   for q, a in zip(qs, answered)})
+    out = loop.run([q.row() for q in qs], SamplingConfig(temperature=0.0, max_new_tokens=64))
+    for q, a, p, r, m, rec in zip(qs, answered, out.prompt_ids, out.response_ids, out.response_mask, out.episodes):
+        ids, labels = layout.example(q, None, None, a)
+        assert p + r == ids and [int(x != -100) for x in labels[len(p):]] == m
+        targets = tok.decode([x for x, y in zip(ids, labels) if y != -100])
+        assert all(tool_call_text(f.attr, f.who) in targets for f in a.needed)
+        assert extract_answer(rec.transcript.final_text) == a.answer and rec.calls_failed == 0
+        assert rec.score.reward == float(a.answer == q.answer)
+    assert Misconception(rate=0.0).apply(qs[0], random.Random(0)) == qs[0]
+    other = dataclasses.replace(cfg, student_misconception=None)
+    assert model_fingerprint(other, "teacher") == model_fingerprint(cfg, "teacher")
+    assert model_fingerprint(other, "student") != model_fingerprint(cfg, "student")
+    with pytest.raises(ValueError, match="two different tools"):
+        Misconception(asked="weight", called="weight").validate()
+
+
 def test_sampled_spellings_are_trained_as_sampled(tok):
     """A student that spells a tool name character by character makes a valid call; the trained
     ids are the spelled ones (decode -> encode would turn them into the piece's one id)."""

@@ -97,6 +97,26 @@ def test_finished_runs_are_not_redone(sweep, tmp_path):
     assert calls == [("eval", "soft_or-0.5-s1")] and not res.exists()
 
 
+def test_runs_of_another_world_or_other_settings_are_redone_and_kept_aside(sweep, tmp_path):
+    rules = list(ACC)[:2]
+    calls, train, evaluate = fakes(ACC)
+    world, out = tmp_path / "world", tmp_path / "out"
+    world.mkdir()
+    (world / "build_info.json").write_text(json.dumps({"fingerprint": "aaaa"}))
+    args = SimpleNamespace(steps=3, eval_limit=40, n=4, override=[])
+    assert sweep.run_all(args, world, out, rules, [0, 1], train, evaluate) == 1 + 2 * 4
+    assert sweep.run_all(args, world, out, rules, [0, 1], train, evaluate) == 0
+    (world / "build_info.json").write_text(json.dumps({"fingerprint": "bbbb"}))  # the world was rebuilt
+    assert sweep.run_all(args, world, out, rules, [0, 1], train, evaluate) == 1 + 2 * 4
+    assert sorted(p.name for p in (out / "stale").iterdir())[:2] == ["all-1-s0-0", "all-1-s1-0"]
+    assert (out / "stale" / "before-0" / "eval_toy.json").exists()  # computed results are kept
+    args.steps = 5  # other settings: stale too
+    assert sweep.run_all(args, world, out, rules, [0, 1], train, evaluate) == 1 + 2 * 4
+    assert (out / "stale" / "all-1-s0-1").is_dir()
+    (out / "all-1-s0" / "sweep_run.json").unlink()  # a run from before records were kept counts as current
+    assert sweep.run_all(args, world, out, rules, [0, 1], train, evaluate) == 0
+
+
 def test_seed_aggregates_and_paired_difference(sweep, tmp_path):
     _, train, evaluate = fakes(ACC)
     sweep.run_all(SimpleNamespace(), tmp_path, tmp_path, list(ACC), [0, 1, 2], train, evaluate)

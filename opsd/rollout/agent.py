@@ -165,7 +165,7 @@ class AgentLoop:
             e.done, e.cut = True, "max_turns"
             return
         for call in calls:
-            ok, result = self._run_tool(e.episode, call)
+            ok, result = self.run_tool(e.episode, call)
             turn.results.append(result)
             turn.ok.append(ok)
         tool_msgs = [{"role": "tool", "content": r} for r in turn.results]
@@ -206,7 +206,7 @@ class AgentLoop:
 
     # ------------------------------------------------------------------ tools
 
-    def _run_tool(self, episode: Episode, call: ToolCall):
+    def run_tool(self, episode: Episode, call: ToolCall):
         """``(ok, response text)``; every failure is a text for the model, never an exception."""
         if call.error:
             return False, f"Error: {call.error}"

@@ -9,7 +9,8 @@ Layout of ``--out``::
     train.jsonl       episode rows (question, answer, the episode's facts): the trainer's data
     heldout.jsonl     held-out episodes (question texts disjoint from train by hash)
     teacher/          Qwen3ForCausalLM + tokenizer, SFT-trained on gold transcripts
-    student/          Qwen3ForCausalLM + tokenizer, SFT-trained, deliberately weaker
+    student/          Qwen3ForCausalLM + tokenizer, SFT-trained, deliberately weaker: fewer steps and
+                      one wrong habit in its data (Misconception: asked for weight, it looks up height)
     build_info.json   accuracies (episodes played through opsd.rollout.agent), mistake kinds,
                       TIP quadrants per token role, sizes, wall time, the config used
 
@@ -47,6 +48,36 @@ from opsd.toy.build import (IGNORE, ModelSpec, _read_json, _replace_dir, _write_
                             pad_right, response_logprobs)
 
 
+@dataclass(frozen=True)
+class Misconception:
+    """A systematic wrong habit in SFT data: each call for attribute ``asked`` becomes, with
+    probability ``rate``, a call for ``called`` on the same entity -- a target like any other turn --
+    and the final arithmetic uses the value that call fetched. The model learns to make that call
+    with probability ~``rate``: a confident mistake (low entropy, high divergence from a teacher
+    that calls ``asked``), TIP's Q3 quadrant."""
+
+    asked: str = "weight"
+    called: str = "height"
+    rate: float = 0.9
+
+    def validate(self) -> None:
+        if self.asked not in ATTRIBUTES or self.called not in ATTRIBUTES or self.asked == self.called:
+            raise ValueError(f"Misconception: asked and called must be two different tools of {ATTRIBUTES}, "
+                             f"got {self.asked!r}, {self.called!r}")
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"Misconception: rate must be in [0, 1], got {self.rate}")
+
+    def apply(self, q: Question, rng: random.Random) -> Question:
+        """``q`` as the habit answers it: the same prompt, other facts fetched and combined."""
+        needed = tuple(_fact(q, self.called, f.who) if f.attr == self.asked and rng.random() < self.rate else f
+                       for f in q.needed)
+        return dataclasses.replace(q, needed=needed)
+
+
+def _fact(q: Question, attr: str, who: str):
+    return next(f for f in q.facts if f.attr == attr and f.who == who)
+
+
 @dataclass
 class AgentWorldConfig:
     """Everything that decides the built world (its fingerprint keys the cached parts)."""
@@ -66,6 +97,11 @@ class AgentWorldConfig:
     # failed call has no useful distribution on the student's episodes after one -- which is where
     # on-policy distillation spends most of its tokens on this world.
     recovery_fraction: float = 0.3
+    # The student's SFT data carries one habit the teacher's lacks: asked for one attribute, it
+    # mostly looks up another and computes with what it fetched (see Misconception). Without it a
+    # student trained on the same data as the teacher makes almost only uncertain mistakes (the
+    # digits of a sum; Q3 was 0.1 % of its tokens), and Table 7's rules cannot differ.
+    student_misconception: Optional[Misconception] = field(default_factory=Misconception)
     max_turns: int = 4  # evaluation episodes: the limits of recipes/toy/agent.yaml
     max_episode_tokens: int = 128
     max_new_tokens: int = 32  # per assistant turn (a gold call is 10 tokens, the answer <= 10)
@@ -116,23 +152,27 @@ class GoldLayout:
             self._tool_ids[result] = self.loop.tool_turn_ids([{"role": "tool", "content": result}])
         return self._tool_ids[result]
 
-    def example(self, q: Question, wrong_before: Optional[int] = None, rng: Optional[random.Random] = None):
+    def example(self, q: Question, wrong_before: Optional[int] = None, rng: Optional[random.Random] = None,
+                answered: Optional[Question] = None):
         """The gold episode of ``q``; with ``wrong_before=k`` a wrong call (drawn with ``rng``) and
-        the tool's answer to it precede the k-th right call, as context (labels IGNORE)."""
+        the tool's answer to it precede the k-th right call, as context (labels IGNORE). ``answered``
+        (a Misconception's version of ``q``: same prompt, other facts) gives the calls and the
+        arithmetic that are trained instead of ``q``'s own."""
         ep = LookupEpisode(q.row())
         ids = self.loop.prompt_ids(ep)
         labels = [IGNORE] * len(ids)
-        for k, text in enumerate(gold_turns(q)):
+        q_turns = answered or q
+        for k, text in enumerate(gold_turns(q_turns)):
             if k == wrong_before:
                 attr, who = wrong_call(q, k, rng or random.Random(0))
                 turn = self.tok.encode(tool_call_text(attr, who) + atok.EOS, add_special_tokens=False)
-                _, result = self.loop._run_tool(ep, ToolCall(attr, {ARG: who}, raw=""))  # the loop's own text
+                _, result = self.loop.run_tool(ep, ToolCall(attr, {ARG: who}, raw=""))  # the loop's own text
                 context = turn + self._tool_turn(result)
                 ids, labels = ids + context, labels + [IGNORE] * len(context)
             turn = self.tok.encode(text + atok.EOS, add_special_tokens=False)
             ids, labels = ids + turn, labels + turn
             if k < len(q.needed):  # a call: the loop inserts the tool turn (context, not a target)
-                tool = self._tool_turn(ep.call_tool(q.needed[k].attr, {ARG: q.needed[k].who}))
+                tool = self._tool_turn(ep.call_tool(q_turns.needed[k].attr, {ARG: q_turns.needed[k].who}))
                 ids, labels = ids + tool, labels + [IGNORE] * len(tool)
         return ids, labels
 
@@ -153,9 +193,10 @@ def wrong_call(q: Question, k: int, rng: random.Random):
     return rng.choice(options)
 
 
-def sft_batches(tok, cfg: AgentWorldConfig, spec: ModelSpec, seed: int) -> Iterator[Dict[str, torch.Tensor]]:
+def sft_batches(tok, cfg: AgentWorldConfig, spec: ModelSpec, seed: int,
+                misconception: Optional[Misconception] = None) -> Iterator[Dict[str, torch.Tensor]]:
     """Endless right-padded batches of train-split gold episodes (fresh, or from a fixed pool of
-    ``spec.sft_pool`` questions seen for many epochs)."""
+    ``spec.sft_pool`` questions seen for many epochs), answered with ``misconception``'s habit if given."""
     rng = random.Random(f"agent-sft-{seed}")
     layouts = {False: GoldLayout(tok, cfg, None), True: GoldLayout(tok, cfg, False)}
     pool = make_questions(spec.sft_pool, seed, "train", cfg.task) if spec.sft_pool else None
@@ -166,7 +207,8 @@ def sft_batches(tok, cfg: AgentWorldConfig, spec: ModelSpec, seed: int) -> Itera
             if split_of(q, cfg.task) == "train":
                 layout = layouts[rng.random() < cfg.no_think_fraction]
                 wrong = rng.randrange(len(q.needed)) if rng.random() < cfg.recovery_fraction else None
-                rows.append(layout.example(q, wrong, rng))
+                answered = misconception.apply(q, rng) if misconception else None
+                rows.append(layout.example(q, wrong, rng, answered))
         yield {"input_ids": pad_right([r[0] for r in rows], tok.pad_token_id),  # (B, L)
                "labels": pad_right([r[1] for r in rows], IGNORE)}  # (B, L)
 
@@ -187,7 +229,8 @@ def model_config(spec: ModelSpec, tok):
     )
 
 
-def train_sft(name: str, spec: ModelSpec, tok, cfg: AgentWorldConfig, seed: int):
+def train_sft(name: str, spec: ModelSpec, tok, cfg: AgentWorldConfig, seed: int,
+              misconception: Optional[Misconception] = None):
     """A freshly initialized Qwen3ForCausalLM trained on gold transcripts; returns (model, loss EMA)."""
     from tqdm.auto import tqdm
     from transformers import Qwen3ForCausalLM
@@ -196,7 +239,7 @@ def train_sft(name: str, spec: ModelSpec, tok, cfg: AgentWorldConfig, seed: int)
     model = Qwen3ForCausalLM(model_config(spec, tok))
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=spec.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, spec))
-    batches = sft_batches(tok, cfg, spec, seed)
+    batches = sft_batches(tok, cfg, spec, seed, misconception)
     model.train()
     ema = None
     bar = tqdm(range(spec.steps), desc=f"sft {name}", unit="step", mininterval=2.0)
@@ -346,7 +389,8 @@ def ensure_rows(out: Path, cfg: AgentWorldConfig) -> bool:
 
 
 def model_fingerprint(cfg: AgentWorldConfig, role: str) -> str:
-    return cfg.fingerprint("seed", "task", role, "no_think_fraction", "recovery_fraction")
+    keys = ("seed", "task", role, "no_think_fraction", "recovery_fraction")
+    return cfg.fingerprint(*keys, *(("student_misconception",) if role == "student" else ()))
 
 
 def ensure_model(path: Path, role: str, tok, cfg: AgentWorldConfig):
@@ -360,7 +404,7 @@ def ensure_model(path: Path, role: str, tok, cfg: AgentWorldConfig):
     spec: ModelSpec = getattr(cfg, role)
     seed = cfg.seed + (0 if role == "teacher" else 1)
     t0 = time.time()
-    model, loss = train_sft(role, spec, tok, cfg, seed)
+    model, loss = train_sft(role, spec, tok, cfg, seed, cfg.student_misconception if role == "student" else None)
     set_generation_defaults(model, tok)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     model.save_pretrained(str(tmp))
@@ -387,6 +431,8 @@ def build(out_dir, cfg: Optional[AgentWorldConfig] = None, force: bool = False) 
     """Build what is missing or stale under ``out_dir``; returns the build info."""
     cfg = cfg or AgentWorldConfig()
     cfg.task.validate()
+    if cfg.student_misconception is not None:
+        cfg.student_misconception.validate()
     torch.set_num_threads(cfg.threads)
     t0 = time.time()
     out, paths = Path(out_dir), world_paths(out_dir)

@@ -119,6 +119,37 @@ def evaluated(out: Path) -> bool:
         return False
 
 
+def run_key(args, world: Path) -> dict:
+    """What a finished run's numbers depend on besides its rule and seed: the world (its build
+    fingerprint) and the sweep's settings. A run recorded with another key is stale."""
+    try:
+        fingerprint = json.loads((world / "build_info.json").read_text()).get("fingerprint")
+    except (OSError, ValueError):
+        fingerprint = None
+    return {"world": fingerprint, **{k: getattr(args, k, None) for k in ("steps", "eval_limit", "n")},
+            "override": list(getattr(args, "override", None) or [])}
+
+
+def stale(out: Path, key: dict) -> bool:
+    """True if ``out`` holds a run made for another world or other settings. A run without a
+    record (made before records were kept) counts as current."""
+    try:
+        return json.loads((out / "sweep_run.json").read_text()) != key
+    except (OSError, ValueError):
+        return False
+
+
+def set_aside(out: Path) -> Path:
+    """Move a stale run to OUT/stale/<name>-<n> (kept, never deleted) and return its new place."""
+    k = 0
+    while (out.parent / "stale" / f"{out.name}-{k}").exists():
+        k += 1
+    dest = out.parent / "stale" / f"{out.name}-{k}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    out.rename(dest)
+    return dest
+
+
 def _timing(out: Path) -> dict:
     try:
         return json.loads((out / "timing.json").read_text())
@@ -158,21 +189,28 @@ def eval_one(args, world: Path, model: Path, res: Path, tags: Sequence[str]) -> 
 def run_all(args, world: Path, out_root: Path, rules: Sequence[Rule], seeds: Sequence[int],
             train: Callable = train_one, evaluate: Callable = eval_one) -> int:
     """Train and evaluate what is not done yet; returns how many steps (train or eval) ran."""
-    ran = 0
+    ran, key = 0, run_key(args, world)
     before = out_root / "before"
+    if before.exists() and stale(before, key):
+        print(f"[0] before: made for another world or other settings, moved to {set_aside(before)}", flush=True)
     if getattr(args, "agent", False):  # the trainer's own greedy evaluation (before and after) is the score
         evaluate = None
     elif not evaluated(before):
         print("[0] the student before OPD", flush=True)
         evaluate(args, world, world / "student", before / "eval_toy.json", [f"pair={PAIR}-before"])
+        (before / "sweep_run.json").write_text(json.dumps(key) + "\n")
         ran += 1
     total = len(rules) * len(seeds)
     for k, (rule, ratio, seed) in enumerate(((r, q, s) for r, q in rules for s in seeds), 1):
         d = out_root / run_name(rule, ratio, seed)
+        if d.exists() and stale(d, key):
+            print(f"[{k}/{total}] {d.name}: made for another world or other settings, moved to "
+                  f"{set_aside(d)}", flush=True)
         state = "done" if trained(d) and (evaluate is None or evaluated(d)) else "running"
         print(f"[{k}/{total}] {d.name} ({state})", flush=True)
         if not trained(d):
             train(args, world, rule, ratio, seed, d)
+            (d / "sweep_run.json").write_text(json.dumps(key) + "\n")
             ran += 1
         if evaluate is not None and not evaluated(d):
             evaluate(args, world, d / "export", d / "eval_toy.json",
