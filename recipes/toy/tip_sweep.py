@@ -447,8 +447,9 @@ def agent_claims(agg: Agg) -> List[str]:
     return lines
 
 
-def render_summary(agg: Agg, rules: Sequence[Rule], n: int) -> str:
-    lines = [f"| rule | ratio | seeds | greedy before | greedy after | mean@{n} (T=1) | Δ vs all (paired) | "
+def render_summary(agg: Agg, rules: Sequence[Rule], n: int, score: Optional[str] = None) -> str:
+    """One row per rule; ``score`` names the column the paired Δ is taken on (default mean@n at T=1)."""
+    lines = [f"| rule | ratio | seeds | greedy before | greedy after | {score or f'mean@{n} (T=1)'} | Δ vs all (paired) | "
              "Q1 / Q2 / Q3 / Q4 fraction | kept share Q1 / Q2 / Q3 / Q4 | kept tokens / run | wall s / run |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for rule in rules:
@@ -472,8 +473,8 @@ def _mean_str(xs, digits: int) -> str:
     return f"{statistics.mean(xs):.{digits}f}" if xs else "n/a"
 
 
-def render_runs(agg: Agg) -> str:
-    lines = ["| run | mean@n | greedy before → after | kept tokens | of tokens | wall s |", "|---|---|---|---|---|---|"]
+def render_runs(agg: Agg, score: str = "mean@n") -> str:
+    lines = [f"| run | {score} | greedy before → after | kept tokens | of tokens | wall s |", "|---|---|---|---|---|---|"]
     for rule, by_seed in agg.items():
         for seed, r in sorted(by_seed.items()):
             ga = f"{r.greedy_before:.1f} → {r.greedy_after:.1f}" if r.greedy_after is not None else "n/a"
@@ -639,7 +640,8 @@ def report_agent(args, out_root: Path, rules: Sequence[Rule], wall_s: float) -> 
              f"Wall time: this invocation {wall_s:.0f} s; all runs' training {total_run_s:.0f} s.", "",
              "## Claims", ""] + [f"- {c}" for c in agent_claims(agg)] + [""]
     parts += [render_table7(agg), "", "## TIP quadrants per token role", "", render_roles(agg, rules), "",
-              "## Per rule", "", render_summary(agg, rules, args.n), "", "## Per run", "", render_runs(agg), ""]
+              "## Per rule", "", render_summary(agg, rules, args.n, "score (= greedy after)"), "", "## Per run", "",
+              render_runs(agg, "score"), ""]
     return "\n".join(parts)
 
 
