@@ -440,10 +440,10 @@ def agent_claims(agg: Agg) -> List[str]:
     """Table 7's claim, tested on the agentic toy."""
     d = paired(agg, ("q3", 0.2), ("all", 1.0))
     lines = ["Q3-only 20 % ≥ all tokens on multi-turn tool use (Table 7) — " +
-             _verdict(d, d is not None and d.mean >= 0, "Δ(Q3 20 % − all) =")]
+             _verdict_ge(d, "Δ(Q3 20 % − all) =")]
     d = paired(agg, ("soft_or", 0.2), ("all", 1.0))
     lines.append("Soft-OR 20 % ≥ all tokens on multi-turn tool use (Table 7, Best@16) — " +
-                 _verdict(d, d is not None and d.mean >= 0, "Δ(Soft-OR 20 % − all) ="))
+                 _verdict_ge(d, "Δ(Soft-OR 20 % − all) ="))
     return lines
 
 
@@ -495,6 +495,14 @@ def _verdict(d: Optional[Estimate], holds: bool, what: str) -> str:
     return f"{'holds' if holds else 'does not hold'}: {what} {d.signed()} points ({noise}, {d.k} seeds)"
 
 
+def _verdict_ge(d: Optional[Estimate], what: str) -> str:
+    """An "A ≥ B" claim: holds or fails only when Δ is beyond 2 SE (by its sign with one seed);
+    a Δ within 2 SE neither confirms nor refutes it at this scale, and says so."""
+    if d is None or d.se is None or abs(d.mean) > 2 * d.se:
+        return _verdict(d, d is not None and d.mean >= 0, what)
+    return f"undecided, within noise: {what} {d.signed()} points (within 2 SE, {d.k} seeds)"
+
+
 def _near(d: Estimate, tol: float) -> bool:
     """|Δ| within max(tol points, 2 SE): indistinguishable from the baseline at this scale."""
     return abs(d.mean) <= max(tol, 2 * (d.se or 0.0))
@@ -506,7 +514,7 @@ def claims(agg: Agg, near_tol: float = 1.0) -> List[str]:
     lines = []
     d = paired(agg, ("entropy_sample", 0.5), all_)
     lines.append("50 % entropy sampling ≥ all tokens (Table 3) — " +
-                 _verdict(d, d is not None and d.mean >= 0, "Δ(entropy 50 % − all) ="))
+                 _verdict_ge(d, "Δ(entropy 50 % − all) ="))
     parts = []
     for q in (0.2, 0.1):
         d = paired(agg, ("q3", q), all_)
@@ -515,7 +523,7 @@ def claims(agg: Agg, near_tol: float = 1.0) -> List[str]:
                  + "; ".join(parts))
     d = paired(agg, ("soft_or", 0.2), ("entropy_sample", 0.2))
     lines.append("Soft-OR ≥ entropy-only at 20 % (Table 5) — " +
-                 _verdict(d, d is not None and d.mean >= 0, "Δ(Soft-OR − entropy) ="))
+                 _verdict_ge(d, "Δ(Soft-OR − entropy) ="))
     d = paired(agg, ("soft_or", 0.5), ("soft_or_bottom", 0.5))
     lines.append("top 50 % ≫ bottom 50 % by Soft-OR (Table 6; ≫ = positive beyond 2 SE) — " +
                  _verdict(d, d is not None and d.se is not None and d.mean > 2 * d.se, "Δ(top − bottom) ="))
