@@ -39,21 +39,29 @@ def main(argv=None) -> int:
         trainer.cleanup()
     n = min(cfg.train.eval_limit, len(trainer.eval_data))
     if trainer.rank == 0:
-        before, after = summary["accuracy_before"], summary["accuracy_after"]
-        closed = gap_closed(teacher_acc, before, after)
         quadrants = json.loads(open(paths["build_info"]).read()).get("quadrants", {})
-        print(f"\nheld-out problems: {n} (greedy)\n  teacher accuracy:        {teacher_acc:.3f}\n"
-              f"  student accuracy before: {before:.3f}\n"
-              f"  student accuracy after:  {after:.3f}\n"
-              f"  teacher-student gap closed by OPD: "
-              + (f"{closed:.0%}" if closed is not None else "n/a (no gap)") + "\n"
-              + (f"  student tokens before OPD (T=1, TIP quadrants, from {paths['build_info']}): "
-                 f"Q1 {quadrants['Q1']:.1%}  Q2 {quadrants['Q2']:.1%}  Q3 (confident mistakes) {quadrants['Q3']:.1%}"
-                 f"  Q4 {quadrants['Q4']:.1%}\n" if quadrants else "")
-              + f"wall time {time.time() - t0:.0f} s; metrics in {cfg.train.output_dir}/metrics.jsonl")
-        print(json.dumps({"teacher": teacher_acc, **summary, "gap_closed": closed,
-                          "q3_share": quadrants.get("Q3"), "heldout": n, "world": paths["root"]}))
+        report(f"held-out problems: {n} (greedy)", teacher_acc, summary, quadrants, paths, t0,
+               cfg.train.output_dir, n)
     return 0
+
+
+def report(title: str, teacher_acc: float, summary: dict, quadrants: dict, paths: dict, t0: float,
+           output_dir: str, n: int) -> None:
+    """Print a demo's result: the three accuracies, the gap share closed, the student's TIP
+    quadrants before OPD (``quadrants``: Q1..Q4 shares from the world's build_info), then one JSON line."""
+    before, after = summary["accuracy_before"], summary["accuracy_after"]
+    closed = gap_closed(teacher_acc, before, after)
+    print(f"\n{title}\n  teacher accuracy:        {teacher_acc:.3f}\n"
+          f"  student accuracy before: {before:.3f}\n"
+          f"  student accuracy after:  {after:.3f}\n"
+          f"  teacher-student gap closed by OPD: "
+          + (f"{closed:.0%}" if closed is not None else "n/a (no gap)") + "\n"
+          + (f"  student tokens before OPD (T=1, TIP quadrants, from {paths['build_info']}): "
+             f"Q1 {quadrants['Q1']:.1%}  Q2 {quadrants['Q2']:.1%}  Q3 (confident mistakes) {quadrants['Q3']:.1%}"
+             f"  Q4 {quadrants['Q4']:.1%}\n" if quadrants else "")
+          + f"wall time {time.time() - t0:.0f} s; metrics in {output_dir}/metrics.jsonl")
+    print(json.dumps({"teacher": teacher_acc, **summary, "gap_closed": closed,
+                      "q3_share": quadrants.get("Q3") if quadrants else None, "heldout": n, "world": paths["root"]}))
 
 
 def gap_closed(teacher: float, before: float, after: float):

@@ -386,8 +386,11 @@ def test_demo_runs_multi_turn_opd_with_tip(tmp_path, monkeypatch, capsys):
                           "train.max_steps=2", f"train.output_dir={tmp_path}/run", "logging.progress=false",
                           "tip.rule=q3", "tip.ratio=0.2"])
     assert rc == 0
-    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert {"teacher", "accuracy_before", "accuracy_after"} <= set(last) and last["heldout"] == 8
+    out = capsys.readouterr().out
+    last = json.loads(out.strip().splitlines()[-1])
+    assert {"teacher", "accuracy_before", "accuracy_after", "gap_closed"} <= set(last) and last["heldout"] == 8
+    q3 = json.loads((world / "build_info.json").read_text())["quadrants"]["all"]["Q3"]
+    assert last["q3_share"] == q3 and f"Q3 (confident mistakes) {q3:.1%}" in out  # printed from the build
     steps = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl") if '"agent/turns"' in line]
     assert len(steps) == 2 and all("tip/tool_call/q3_frac" in s for s in steps)
 

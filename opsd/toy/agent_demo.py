@@ -49,12 +49,11 @@ def main(argv=None) -> int:
         trainer.cleanup()
     n = min(cfg.train.eval_limit, len(trainer.eval_data)) if cfg.train.eval_limit else len(trainer.eval_data)
     if trainer.rank == 0:
-        print(f"\nheld-out episodes: {n} (greedy, tools through the agent loop)\n"
-              f"  teacher accuracy:        {teacher_acc:.3f}\n"
-              f"  student accuracy before: {summary['accuracy_before']:.3f}\n"
-              f"  student accuracy after:  {summary['accuracy_after']:.3f}\n"
-              f"wall time {time.time() - t0:.0f} s; metrics in {cfg.train.output_dir}/metrics.jsonl")
-        print(json.dumps({"teacher": teacher_acc, **summary, "heldout": n, "world": paths["root"]}))
+        from opsd.demo import report
+
+        quadrants = json.loads(open(paths["build_info"]).read()).get("quadrants", {}).get("all", {})
+        report(f"held-out episodes: {n} (greedy, tools through the agent loop)", teacher_acc, summary, quadrants,
+               paths, t0, cfg.train.output_dir, n)
     return 0
 
 
