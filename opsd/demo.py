@@ -39,7 +39,8 @@ def main(argv=None) -> int:
         trainer.cleanup()
     n = min(cfg.train.eval_limit, len(trainer.eval_data))
     if trainer.rank == 0:
-        quadrants = json.loads(open(paths["build_info"]).read()).get("quadrants", {})
+        with open(paths["build_info"]) as f:
+            quadrants = json.load(f).get("quadrants", {})
         report(f"held-out problems: {n} (greedy)", teacher_acc, summary, quadrants, paths, t0,
                cfg.train.output_dir, n)
     return 0

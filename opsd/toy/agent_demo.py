@@ -13,6 +13,7 @@ import sys
 import time
 
 from opsd.config import load_config
+from opsd.demo import report
 
 RECIPE = "recipes/toy/agent.yaml"
 WORLD = "artifacts/agent_toy"
@@ -49,9 +50,8 @@ def main(argv=None) -> int:
         trainer.cleanup()
     n = min(cfg.train.eval_limit, len(trainer.eval_data)) if cfg.train.eval_limit else len(trainer.eval_data)
     if trainer.rank == 0:
-        from opsd.demo import report
-
-        quadrants = json.loads(open(paths["build_info"]).read()).get("quadrants", {}).get("all", {})
+        with open(paths["build_info"]) as f:
+            quadrants = json.load(f).get("quadrants", {}).get("all", {})
         report(f"held-out episodes: {n} (greedy, tools through the agent loop)", teacher_acc, summary, quadrants,
                paths, t0, cfg.train.output_dir, n)
     return 0
