@@ -239,3 +239,37 @@ def test_table7_runs_on_the_agent_world_without_eval_run(sweep, tmp_path):
     sweep.update_readme(readme, sweep.agent_readme_block(agg, [0, 1, 2], 3, 60.0))
     out = readme.read_text()
     assert "stale rows" not in out and "\nmath\n" in out and "9 runs on the agentic toy world" in out
+
+
+def _agg(deltas):
+    """An aggregate with per-seed accuracies (points) for (rule, ratio) -> [per seed]."""
+    return {rule: {s: SimpleNamespace(mean_at_n=v) for s, v in enumerate(vals)} for rule, vals in deltas.items()}
+
+
+def test_near_and_no_better_claims_hold_only_inside_the_margin(sweep):
+    all_ = [50.0, 50.0, 50.0]
+    # Table 4: Q3 20 % per-seed Δ -1, -1, -1 (tight, inside ±2 points) holds; Q3 10 % Δ +3, -3, 0 is
+    # noisy (|Δ| = 0 ≤ 2 SE, which the old rule read as "near") and must stay undecided.
+    agg = _agg({("all", 1.0): all_, ("q3", 0.2): [49.0, 49.0, 49.0], ("q3", 0.1): [53.0, 47.0, 50.0],
+                ("entropy_sample", 0.5): [50.0, 50.0, 50.0], ("entropy_sample", 0.2): [50.0, 50.0, 50.0],
+                ("entropy_sample", 0.1): [50.0, 50.0, 50.0], ("adaptive_kl", 0.5): [51.0, 50.0, 50.5],
+                ("adaptive_kl", 0.2): [54.0, 47.0, 50.0], ("adaptive_kl", 0.1): [56.0, 56.5, 55.5]})
+    agg[("q3", 0.2)] = {s: SimpleNamespace(mean_at_n=v) for s, v in enumerate([49.0, 48.9, 49.1])}
+    t4, t8 = sweep.claims(agg)[1], sweep.claims(agg)[4]
+    assert "20% holds: Δ(Q3 − all) = -1.0" in t4, t4
+    assert "10% undecided, within noise: Δ(Q3 − all) = +0.0" in t4, t4
+    # Table 8: "no better" holds when Δ + 2 SE ≤ 2, undecided when the interval crosses 2 (old rule:
+    # holds, since Δ is within 2 SE), fails when the whole interval is above it.
+    assert "50% holds: Δ(adaptive − sampling) = +0.5" in t8, t8
+    assert "20% undecided, within noise: Δ(adaptive − sampling) = +0.3" in t8, t8
+    assert "10% does not hold: Δ(adaptive − sampling) = +6.0" in t8, t8
+    # one seed decides nothing
+    one = {rule: {0: by_seed[0]} for rule, by_seed in agg.items()}
+    assert "20% undecided, one seed" in sweep.claims(one)[1]
+
+
+def test_a_near_claim_gets_harder_to_pass_with_noise(sweep):
+    E = sweep.Estimate
+    assert sweep._verdict_within(E(0.5, 0.2, 3), -2, 2, "Δ =").startswith("holds")
+    assert sweep._verdict_within(E(0.5, 5.0, 3), -2, 2, "Δ =").startswith("undecided")  # the old rule: holds
+    assert sweep._verdict_within(E(9.0, 1.0, 3), -2, 2, "Δ =").startswith("does not hold")
