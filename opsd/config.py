@@ -83,6 +83,8 @@ class RolloutConfig:
     max_episode_tokens: int = _f(1024, "agentic rollouts: tokens after the initial prompt (sampled + tool turns)")
     tool_parser: str = _f("qwen3", "agentic rollouts: tool-call format (qwen3 | qwen2.5 | hermes | module:Class)")
     tool_timeout_s: float = _f(10.0, "agentic rollouts: a tool call running longer is reported to the model as failed")
+    max_score_error_share: float = _f(0.1, "agentic rollouts: stop the run when the environment's scorer raises on "
+                                      "more than this share of a step's episodes (each such episode gets reward 0)")
 
     def validate(self):
         _choice("rollout.backend", self.backend, ["hf", "vllm"])
@@ -92,6 +94,8 @@ class RolloutConfig:
             _positive("rollout.max_turns", self.max_turns)
             _positive("rollout.max_episode_tokens", self.max_episode_tokens)
             _positive("rollout.tool_timeout_s", self.tool_timeout_s)
+            if not 0.0 <= self.max_score_error_share <= 1.0:
+                raise ConfigError(f"rollout.max_score_error_share must be in [0, 1], got {self.max_score_error_share}")
         _positive("rollout.n", self.n)
         _positive("rollout.max_new_tokens", self.max_new_tokens)
         _positive("rollout.batch_size", self.batch_size)

@@ -238,6 +238,9 @@ class Trainer:
         rollouts, gen_s = self.rollout(items)
         answers = [items[i].get("answer") for i in rollouts.prompt_index]
         rewards = self.reward(rollouts, answers)
+        agent_metrics = self._agent_metrics(rollouts) if self.agent is not None else {}
+        if agent_metrics:
+            self._check_score_errors(rollouts, agent_metrics["agent/score_errors"])
         metrics = self.update(rollouts, rewards)
         metrics.update(gen_time_s=gen_s, step_time_s=time.time() - t0, peak_mem_gb=peak_memory_gb(self.device),
                        lr=self.scheduler.get_last_lr()[0],
@@ -245,8 +248,7 @@ class Trainer:
         if rewards is not None:
             acc = all_reduce_host(torch.tensor([sum(rewards), len(rewards)], dtype=torch.float64))
             metrics["accuracy"] = (acc[0] / acc[1].clamp_min(1)).item()
-        if self.agent is not None:
-            metrics.update(self._agent_metrics(rollouts))
+        metrics.update(agent_metrics)
         return metrics
 
     def _agent_metrics(self, rollouts) -> dict:
@@ -264,9 +266,23 @@ class Trainer:
         m = dict(zip(keys, tot.tolist()))
         n = max(m.pop("episodes"), 1.0)
         sampled, total = m.pop("sampled_tokens"), m.pop("response_tokens")
-        out = {f"agent/{k}": v / n for k, v in m.items()}
+        scored = {k[len("scored/"):]: m.pop(k) for k in list(m) if k.startswith("scored/")}
+        out = {f"agent/{k}": v / (scored[k[6:]] if k.startswith("score/") else n) for k, v in m.items()}
+        out.update({f"agent/score_missing/{k}": 1.0 - c / n for k, c in scored.items()})
         out["agent/masked_share"] = 1.0 - sampled / total if total else 0.0
         return out
+
+    def _check_score_errors(self, rollouts, share: float) -> None:
+        """Past ``rollout.max_score_error_share`` of episodes whose scorer raised, stop (every rank
+        sees the same all-reduced share, so every rank stops) before the step trains on them."""
+        limit = self.cfg.rollout.max_score_error_share
+        if share <= limit:
+            return
+        errors = [e.score_error for e in rollouts.episodes if e.score_error is not None]
+        raise TrainingAborted(
+            f"step {self.step + 1}: the environment's scorer raised on {share:.1%} of the episodes, more than "
+            f"rollout.max_score_error_share={limit:g}" + (f" (first on this rank: {errors[0]})" if errors else "")
+            + f"\nStopped without training step {self.step + 1}; {self._resume_hint()}")
 
     def rollout(self, items: List[dict]):
         """Samples of the current policy for this rank's prompts (seeded per step and rank)."""

@@ -100,6 +100,32 @@ class KeyValueEpisode(Episode):
         return EpisodeScore(float(right), {"answered": float(answered)})
 
 
+class FlakyScoreEnv(KeyValueEnv):
+    """A scorer that raises on rows whose key is in ``fail_keys`` and gives the sub-score
+    ``lookup`` only to episodes that made a tool call (missing, not 0, for the others)."""
+
+    def __init__(self, fail_keys: str = "b", slow_s: float = 0.0):
+        super().__init__(slow_s)
+        self.fail_keys = fail_keys
+
+    def reset(self, row):
+        return FlakyScoreEpisode(row, self.slow_s, self.fail_keys)
+
+
+class FlakyScoreEpisode(KeyValueEpisode):
+    def __init__(self, row, slow_s, fail_keys):
+        super().__init__(row, slow_s)
+        self.fail_keys = fail_keys
+
+    def score(self, transcript):
+        if self.row["key"] in self.fail_keys:
+            raise KeyError("plan_total")  # a scorer tripping on odd model output
+        s = super().score(transcript)
+        if any(t.results for t in transcript.turns):
+            s.scores["lookup"] = 1.0
+        return s
+
+
 Turn = Union[str, List[int]]
 
 

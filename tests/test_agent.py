@@ -1,7 +1,7 @@
 """The agent loop (opsd.rollout.agent): token fidelity, masks, roles, bad model output, cuts."""
 import pytest
 
-from _agent_fakes import KeyValueEnv, ScriptedBackend, build_tool_tokenizer, call_text, rows_of
+from _agent_fakes import FlakyScoreEnv, KeyValueEnv, ScriptedBackend, build_tool_tokenizer, call_text, rows_of
 from opsd.data import build_sequences
 from opsd.environment import check_arguments, function_schema, load_environment
 from opsd.config import ConfigError
@@ -178,3 +178,21 @@ def test_readme_environment_example_runs_through_the_loop(tok):
     rec = out.episodes[0]
     assert rec.transcript.turns[0].results == ["lima"] and rec.score.reward == 1.0
     assert rec.score.scores == {"answered": 1.0}
+
+
+def test_scorer_errors_are_counted_and_missing_sub_scores_are_not_zeros(tok):
+    def script(ctx, t):
+        key = ctx.split("value of ", 1)[1][0]
+        if key == "d":
+            return "answer 2"  # no tool call: its "lookup" sub-score is missing
+        return call_text("get", key=key) if t == 0 else "answer " + KeyValueEnv.TABLE[key]
+
+    out, _ = _play(tok, script, keys="abcd", env=FlakyScoreEnv(fail_keys="b"))
+    errs = [e.score_error for e in out.episodes]
+    assert errs[1] == "KeyError: 'plan_total'" and errs[0] is errs[2] is errs[3] is None
+    assert out.rewards == [1.0, 0.0, 1.0, 1.0]
+    m = episode_metrics(out)
+    assert m["score_errors"] == 1 and m["episodes"] == 4
+    # "lookup" exists for a and c only (b's scorer raised, d made no call): 2 of 4, both 1.0
+    assert m["score/lookup"] == 2 and m["scored/lookup"] == 2
+    assert m["score/answered"] == 3 and m["scored/answered"] == 3

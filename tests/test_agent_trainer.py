@@ -28,6 +28,14 @@ def _trainer(w, out, steps, extra=()):
 
 def test_agentic_run_trains_on_sampled_tokens_and_logs_episode_metrics(agent_world, tmp_path):
     tr = _trainer(agent_world, tmp_path / "run", 2, ["train.eval_files=" + agent_world["heldout"]])
+    sampled, rollout = [], tr.rollout  # sampled tokens of each training step's rollouts
+
+    def counting_rollout(items):
+        out = rollout(items)
+        sampled.append(sum(map(sum, out[0].response_mask)))
+        return out
+
+    tr.rollout = counting_rollout
     try:
         summary = tr.train()
     finally:
@@ -39,8 +47,8 @@ def test_agentic_run_trains_on_sampled_tokens_and_logs_episode_metrics(agent_wor
         assert r["agent/turns"] == 2 and r["agent/tool_calls_ok"] == 1 and r["agent/tool_calls_failed"] == 0
         assert r["agent/reward"] == 1.0 and r["accuracy"] == 1.0 and r["agent/cut"] == 0
         assert 0.2 < r["agent/masked_share"] < 0.9  # tool turns are context, not trained
-        # the loss covers exactly the sampled tokens: tokens == sampled tokens of the step
-        assert r["tokens"] > 0
+    # the loss covers exactly the sampled tokens: tokens == sampled tokens of the step
+    assert [r["tokens"] for r in steps] == sampled and min(sampled) > 0
     assert summary["accuracy_before"] == summary["accuracy_after"] == 1.0  # scripted policy: always right
 
 
@@ -106,3 +114,30 @@ def test_agentic_config_errors(agent_world, tmp_path):
     with pytest.raises(ConfigError, match="rollout.environment='_agent_fakes:Missing' cannot be imported"):
         Trainer(load_config(None, agent_overrides(agent_world, tmp_path / "r", 1,
                                                   ["rollout.environment=_agent_fakes:Missing"]))).setup()
+
+
+def test_scorer_errors_are_metrics_and_stop_the_run_past_the_share(agent_world, tmp_path):
+    from opsd.trainer import TrainingAborted
+
+    from _agent_fakes import write_rows
+
+    # four rows, keys a, b, c, d, all of them in every step: the scorer raises on b's episodes (1/4)
+    rows = write_rows(tmp_path / "abcd.jsonl", 4)
+    env = ["rollout.environment=_agent_fakes:FlakyScoreEnv", f"data.train_files={rows}"]
+    tr = _trainer(agent_world, tmp_path / "ok", 1, [*env, "rollout.max_score_error_share=0.5"])
+    try:
+        tr.train()
+    finally:
+        tr.cleanup()
+    (r,) = [r for r in read_metrics(tmp_path / "ok") if "loss" in r]
+    assert r["agent/score_errors"] == pytest.approx(0.25) and r["agent/reward"] == pytest.approx(0.75)
+    assert r["agent/score/lookup"] == 1.0 and r["agent/score_missing/lookup"] == pytest.approx(0.25)
+    tr = _trainer(agent_world, tmp_path / "stop", 2, [*env, "rollout.max_score_error_share=0.2", "train.save_every=1"])
+    try:
+        with pytest.raises(TrainingAborted, match=r"step 1: the environment's scorer raised on 25.0% of the episodes.*"
+                                                  r"rollout.max_score_error_share=0.2 \(first on this rank: KeyError"):
+            tr.train()
+    finally:
+        tr.cleanup()
+    metrics = tmp_path / "stop" / "metrics.jsonl"  # nothing was trained on those episodes
+    assert not metrics.exists() or not [r for r in read_metrics(tmp_path / "stop") if "loss" in r]

@@ -62,6 +62,7 @@ class EpisodeRecord:
     turns: int
     calls_ok: int
     calls_failed: int
+    score_error: Optional[str] = None  # the scorer raised: reward 0, counted in the metrics
 
 
 @dataclass
@@ -225,11 +226,14 @@ class AgentLoop:
         out = AgentRollouts([], [], [], [])
         for e in live:
             transcript = Transcript(e.messages, e.turns, e.final_text, e.cut)
+            score_error = None
             try:
                 score = e.episode.score(transcript)
-            except Exception as err:  # a scorer tripping on odd model output must not stop the run
-                log.warning("episode scoring failed (%s: %s); reward 0", type(err).__name__, err)
-                score = EpisodeScore(0.0, info={"score_error": f"{type(err).__name__}: {err}"})
+            except Exception as err:  # one scorer tripping on odd model output must not stop the run;
+                # it is counted (agent/score_errors) and the trainer stops past a configured share
+                score_error = f"{type(err).__name__}: {err}"
+                log.warning("episode scoring failed (%s); reward 0, counted in agent/score_errors", score_error)
+                score = EpisodeScore(0.0, info={"score_error": score_error})
             ok = sum(sum(t.ok) for t in e.turns)
             calls = sum(len(t.results) for t in e.turns)
             out.prompt_ids.append(e.prompt)
@@ -238,7 +242,7 @@ class AgentLoop:
             out.prompt_index.append(e.index)
             out.response_mask.append(e.mask)
             out.token_roles.append(e.roles)
-            out.episodes.append(EpisodeRecord(transcript, score, len(e.turns), ok, calls - ok))
+            out.episodes.append(EpisodeRecord(transcript, score, len(e.turns), ok, calls - ok, score_error))
         return out
 
 
@@ -293,16 +297,22 @@ def _single_id(tokenizer, text: str) -> Optional[int]:
 
 def episode_metrics(rollouts: AgentRollouts) -> Dict[str, float]:
     """Per-step sums (the trainer all-reduces and divides by ``episodes``): turns, tool calls ok /
-    failed, cut episodes, reward, sub-scores, and sampled / all response tokens."""
-    m: Dict[str, float] = {"episodes": float(len(rollouts.episodes))}
+    failed, cut episodes, scorer errors, reward, sampled / all response tokens; and per sub-score
+    ``score/<name>`` its sum with ``scored/<name>`` the number of episodes that have it (a sub-score
+    an episode lacks is missing, not 0: its mean is over the episodes that have it)."""
+    m: Dict[str, float] = {"episodes": float(len(rollouts.episodes)), "score_errors": 0.0}
     for rec in rollouts.episodes:
         m["turns"] = m.get("turns", 0.0) + rec.turns
         m["tool_calls_ok"] = m.get("tool_calls_ok", 0.0) + rec.calls_ok
         m["tool_calls_failed"] = m.get("tool_calls_failed", 0.0) + rec.calls_failed
         m["cut"] = m.get("cut", 0.0) + float(rec.transcript.cut is not None)
+        m["score_errors"] += float(rec.score_error is not None)
         m["reward"] = m.get("reward", 0.0) + rec.score.reward
         for k, v in rec.score.scores.items():
+            if v is None:
+                continue
             m[f"score/{k}"] = m.get(f"score/{k}", 0.0) + float(v)
+            m[f"scored/{k}"] = m.get(f"scored/{k}", 0.0) + 1.0
     m["sampled_tokens"] = float(sum(sum(x) for x in rollouts.response_mask))
     m["response_tokens"] = float(sum(len(x) for x in rollouts.response_mask))
     return m
