@@ -46,6 +46,7 @@ class CompareError(ValueError):
 class Value:
     mean: float  # in percent
     se: Optional[float]
+    common: Optional[int] = None  # a difference over only the problems both runs finished (partial runs)
 
     def __str__(self) -> str:
         return f"{self.mean:.1f}" + (f" ± {self.se:.1f}" if self.se is not None else "")
@@ -79,6 +80,10 @@ class Run:
             return None if r is None else float(r.rstrip("%")) / (100 if r.endswith("%") else 1)
         except ValueError:
             raise CompareError(f"{self.path}: tag ratio={r!r} is not a number") from None
+
+    @property
+    def partial(self) -> bool:
+        return self.data.get("status") != "complete"
 
     @property
     def benches(self) -> List[str]:
@@ -124,9 +129,9 @@ def load_runs(paths: Sequence[str]) -> List[Run]:
             runs.append(Run(path, load_results(path)))
         except ResultsError as e:
             raise CompareError(str(e)) from e
-        if runs[-1].data.get("status") != "complete":
-            print(f"warning: {path} is a partial evaluation; only its finished problems count",
-                  file=sys.stderr)
+        if runs[-1].partial:
+            print(f"warning: {path} is a partial evaluation: its differences are paired over the problems "
+                  "both runs finished, and the report says so", file=sys.stderr)
     check_consistency(runs)
     return runs
 
@@ -164,11 +169,20 @@ def baseline_for(runs: Sequence[Run], pair: str) -> Optional[Run]:
 
 
 def delta(run: Run, base: Optional[Run], bench: str, se_kind: str) -> Optional[Value]:
-    """run - base on ``bench`` (percent points), paired over problems when possible."""
+    """run - base on ``bench`` (percent points), paired over problems when possible. When the two
+    cover different problems (a partial run), the difference is paired over the problems both
+    finished, and says so (``Value.common``): a difference of means over two different problem
+    sets would mix the problems' difficulty into the rule's effect."""
     if base is None or base is run or not (run.entry(bench) and base.entry(bench)):
         return None
     a, b = run.per_problem(bench), base.per_problem(bench)
-    if set(a) == set(b) and se_kind == "problems":
+    if set(a) != set(b):
+        common = set(a) & set(b)
+        if not common:
+            return None
+        est = metrics.paired_difference({k: a[k] for k in common}, {k: b[k] for k in common})
+        return Value(100 * est.value, None if est.stderr is None else 100 * est.stderr, common=len(common))
+    if se_kind == "problems":
         est = metrics.paired_difference(a, b)
         return Value(100 * est.value, None if est.stderr is None else 100 * est.stderr)
     va, vb = run.value(bench, se_kind=se_kind), base.value(bench, se_kind=se_kind)
@@ -179,7 +193,8 @@ def delta(run: Run, base: Optional[Run], bench: str, se_kind: str) -> Optional[V
 def _signed(v: Optional[Value]) -> str:
     if v is None:
         return ""
-    return f"{v.mean:+.1f}" + (f" ± {v.se:.1f}" if v.se is not None else "")
+    return (f"{v.mean:+.1f}" + (f" ± {v.se:.1f}" if v.se is not None else "")
+            + (f" (partial: {v.common} common problems)" if v.common is not None else ""))
 
 
 def _paper(cells: Sequence[PaperCell]) -> str:
@@ -349,6 +364,14 @@ def render_report(runs: Sequence[Run], table: Optional[str], se_kind: str) -> st
              f"{', '.join(map(str, ns))} samples per problem at temperature {', '.join(map(str, temps))}; "
              "the paper's: mean@16 at temperature 1.0.", "",
              render_overview(runs, se_kind)]
+    partial = [r for r in runs if r.partial]
+    if partial:
+        parts[3:3] = [
+            "**Partial report**: " + "; ".join(
+                f"`{r.path}` finished " + ", ".join(f"{len(r.entry(b)['problems'])} problems of {b}" for b in r.benches)
+                for r in partial)
+            + ". Differences involving a partial run are paired over the problems both runs finished "
+              "(marked with their count); its own mean is over its finished problems only.", ""]
     if table:
         parts += ["", render_table(table, runs, se_kind)]
     return "\n".join(parts) + "\n"

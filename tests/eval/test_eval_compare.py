@@ -97,3 +97,25 @@ def test_plot_without_tags_still_writes_a_file(tiny_data, tmp_path):
     run.evaluate(args, FakeBackend(ANSWERS, tok), tok, INLINE)
     compare.plot(compare.load_runs([args.out]), tmp_path / "p.png", "problems")
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_a_partial_run_is_paired_on_the_common_problems_and_the_report_says_so(result_files, tmp_path):
+    data = json.loads(open(result_files[1]).read())
+    problems = data["benchmarks"]["math500"]["problems"]
+    kept = problems[: len(problems) // 2]  # an evaluation stopped halfway
+    data["benchmarks"]["math500"]["problems"], data["status"] = kept, "partial"
+    part = tmp_path / "partial.json"
+    part.write_text(json.dumps(data))
+    runs = compare.load_runs([result_files[0], str(part)])
+    base, ent = runs
+    ids = {p["id"] for p in kept}
+    a, b = ent.per_problem("math500"), base.per_problem("math500")
+    expect = 100 * sum(a[i] - b[i] for i in ids) / len(ids)
+    for se_kind in ("problems", "sampling"):
+        d = compare.delta(ent, base, "math500", se_kind)
+        assert d.common == len(ids) and d.mean == pytest.approx(expect)
+    report = compare.render_report(runs, "3", "problems")
+    assert "**Partial report**" in report and f"finished {len(ids)} problems of math500" in report
+    assert f"(partial: {len(ids)} common problems)" in report
+    # a complete pair stays paired over all problems, unmarked
+    assert compare.delta(runs[0], compare.load_runs([result_files[1]])[0], "math500", "problems").common is None
