@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from eval import metrics
 from opsd.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -314,11 +315,12 @@ class Estimate:
 
 
 def estimate(xs: Sequence[float]) -> Optional[Estimate]:
+    """Mean ± SE over seeds (``eval.metrics``' estimate, over seeds instead of problems)."""
     xs = [x for x in xs if x is not None]
     if not xs:
         return None
-    se = statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else None
-    return Estimate(statistics.mean(xs), se, len(xs))
+    e = metrics.mean_and_stderr(xs)
+    return Estimate(e.value, e.stderr, e.num_problems)
 
 
 def accuracy(agg: Agg, rule: Rule) -> Optional[Estimate]:
@@ -328,7 +330,11 @@ def accuracy(agg: Agg, rule: Rule) -> Optional[Estimate]:
 def paired(agg: Agg, a: Rule, b: Rule) -> Optional[Estimate]:
     """a − b in points, per seed (seeds both have), then mean ± SE over seeds."""
     ra, rb = agg.get(a, {}), agg.get(b, {})
-    return estimate([ra[s].mean_at_n - rb[s].mean_at_n for s in sorted(set(ra) & set(rb))])
+    seeds = sorted(set(ra) & set(rb))
+    if not seeds:
+        return None
+    e = metrics.paired_difference({s: ra[s].mean_at_n for s in seeds}, {s: rb[s].mean_at_n for s in seeds})
+    return Estimate(e.value, e.stderr, e.num_problems)
 
 
 # ---------------------------------------------------------------------------------------------
