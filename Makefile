@@ -76,11 +76,11 @@ clean:
 
 ## The paper's Tables 3, 4, 5, 6 and 8 at CPU scale on the toy world (Table 7 on the agentic toy world): the same rules and retention
 ## ratios, 3 seeds per row, resumable (finished runs are not redone; an hour or more on 2 CPU cores).
-## Writes runs/cpu-tables/report.md + accuracy_vs_ratio.png, runs/cpu-table7/report.md (the agentic toy) and the claim lines of README.md.
+## Writes runs/cpu-tables/report.md + accuracy_vs_ratio.png, runs/cpu-table7/report.md (the agentic toy) and the claim lines of docs/cpu-tables.md.
 .PHONY: cpu-tables
 cpu-tables: install
-	$(PY) recipes/toy/tip_sweep.py --tables 3,4,5,6,8 --seeds 0 1 2 --readme README.md
-	$(PY) recipes/toy/tip_sweep.py --tables 7 --seeds 0 1 2 --readme README.md
+	$(PY) recipes/toy/tip_sweep.py --tables 3,4,5,6,8 --seeds 0 1 2 --readme docs/cpu-tables.md
+	$(PY) recipes/toy/tip_sweep.py --tables 7 --seeds 0 1 2 --readme docs/cpu-tables.md
 
 ## The paper's Tables 3-8 at the paper's scale on GPU machines (recipes/README.md). DRY_RUN=1 prints
 ## and validates every command without a GPU or network; NPROC, HOSTFILE, OUT, PAIRS, EXTRA_OVERRIDES

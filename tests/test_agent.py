@@ -164,11 +164,11 @@ def test_load_environment_errors():
 
 
 def test_readme_environment_example_runs_through_the_loop(tok):
-    """The README's minimal environment, executed as written, through the agent loop."""
+    """docs/agentic.md's minimal environment, executed as written, through the agent loop."""
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[1] / "docs" / "agentic.md").read_text()
     code = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "class Capitals(" in b)
     ns = {}
     exec(code, ns)

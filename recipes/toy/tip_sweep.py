@@ -30,7 +30,7 @@ file is not re-evaluated; interrupt and rerun the same command to continue. The 
 SE over seeds, the paired difference to the all-token baseline (per seed, then mean ± SE) and the
 paper's numbers in rows of their own; a per-rule summary (greedy accuracy before/after, TIP
 quadrants, kept share per quadrant, kept tokens, wall time); every run's numbers; the claim lines
-(``claims``); and ``OUT/accuracy_vs_ratio.png`` (Figure 1's shape). ``--readme README.md`` rewrites
+(``claims``); and ``OUT/accuracy_vs_ratio.png`` (Figure 1's shape). ``--readme docs/cpu-tables.md`` rewrites
 the block between the ``cpu-tables`` markers of that file with the claim lines.
 """
 from __future__ import annotations
