@@ -213,7 +213,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--dedup", choices=["normalized", "exact"], default="normalized")
     p.add_argument("--force", action="store_true", help="re-copy files that already exist")
     p.add_argument("--deepplanning-db", default=None,
-                   help="check this DeepPlanning database folder (id_<N>/ per task) against the queries")
+                   help="check this DeepPlanning database folder (id_<N>/ per task) against the queries "
+                        "and count duplicated names")
     return p.parse_args(argv)
 
 

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from eval.deepplanning.database import check_task
+from eval.deepplanning.database import check_task, count_duplicates
 
 QUERY_RELPATH = "DeepPlanning/travelplanning/travelplanning_query_en.json"
 SPLIT_DIR = "deepplanning"
@@ -131,9 +131,23 @@ def prepare_travel(query_file: Path, root: Path, source: Path, seed: int = 0, fo
             f"-> {Path(root) / SPLIT_DIR}; tool schema {schema}")
 
 
+def duplicate_summary(db_root: Path, task_ids: List[str]) -> str:
+    """One line: per table, the rows that repeat an earlier row's name and the tasks that have
+    any. Not an error: the scorer then checks against the last such row and the tools answer with
+    the first, both as officially; a plan written from a tool's answer can fail the scorer."""
+    rows, tasks = {}, {}
+    for tid in task_ids:
+        for table, n in count_duplicates(Path(db_root), str(tid)).items():
+            rows[table] = rows.get(table, 0) + n
+            tasks[table] = tasks.get(table, 0) + bool(n)
+    parts = ", ".join(f"{t} {rows[t]} row(s) in {tasks[t]} task(s)" for t in rows)
+    return (f"duplicate names ({parts}); the scorer keeps a name's last row, the tools its first, "
+            "as officially")
+
+
 def check_database_cli(db_dir: str, root: Path, source: Optional[Path] = None) -> int:
     """``eval.prepare --deepplanning-db DIR``: print every problem of the folder against the 120
-    queries (or 'OK'); 1 when something is missing."""
+    queries (or 'OK') and the count of duplicated names; 1 when something is missing."""
     from eval.deepplanning.database import resolve_db_root
 
     queries = Path(root) / QUERY_RELPATH
@@ -148,6 +162,8 @@ def check_database_cli(db_dir: str, root: Path, source: Optional[Path] = None) -
         print("\n".join(f"  {p}" for p in shown), file=sys.stderr)
         if len(problems) > len(shown):
             print(f"  ... and {len(problems) - len(shown)} more", file=sys.stderr)
+        print(f"deepplanning database {db_root}: {duplicate_summary(db_root, ids)}")
         return 1
     print(f"deepplanning database {db_root}: OK ({len(ids)} task folders, every CSV and column present)")
+    print(f"deepplanning database {db_root}: {duplicate_summary(db_root, ids)}")
     return 0

@@ -9,6 +9,14 @@ Every cell stays a string and every filter is an exact string match, as in the o
 (``pandas.read_csv(dtype=str)``). One difference: an empty cell is ``""`` here, where pandas gives
 NaN (the official results then show ``NaN``/``"nan"`` for it).
 
+Two views of a name's rows, because the official code has two: the tools take the **first** row
+of a name (pandas ``.iloc[0]``: ``attraction_by_name``, ``restaurant_by_name``,
+``location_by_name``), the evaluation's loaders (``evaluation/utils.py``) key by the stripped name,
+skip empty names and keep the **last** row (``hotel_index``, ``attraction_index``,
+``restaurant_index``, ``location_index``, used by :mod:`eval.deepplanning.scoring`). They differ
+only where a task repeats a name; :func:`count_duplicates` counts those
+(``python -m eval.prepare --deepplanning-db DIR`` prints them).
+
 A missing task folder, CSV file or column is a :class:`DatabaseError` naming the task id and the
 file. Loaded tables are cached per folder (and file modification times), so the many episodes of
 one task share one copy.
@@ -98,13 +106,19 @@ class TaskDatabase:
     folder: Path
     tables: Dict[str, List[Row]]
     routes: Dict[str, Dict[Tuple[str, str, str], List[Row]]] = field(default_factory=dict)
+    # the tools' view: the first row of a name
     attraction_by_name: Dict[str, Row] = field(default_factory=dict)
     restaurant_by_name: Dict[str, Row] = field(default_factory=dict)
     restaurants_near: Dict[Tuple[str, str], List[Row]] = field(default_factory=dict)
     location_by_name: Dict[str, Row] = field(default_factory=dict)
-    hotel_by_name: Dict[str, Row] = field(default_factory=dict)
-    matrix: Dict[Tuple[str, str], Row] = field(default_factory=dict)
+    matrix: Dict[Tuple[str, str], Row] = field(default_factory=dict)  # first row of an (origin, destination)
     matrix_coords: set = field(default_factory=set)
+    # the scorer's view (official evaluation/utils.py): stripped names, the last row of a name
+    hotel_index: Dict[str, Row] = field(default_factory=dict)
+    attraction_index: Dict[str, Row] = field(default_factory=dict)
+    restaurant_index: Dict[str, Row] = field(default_factory=dict)
+    location_index: Dict[str, Row] = field(default_factory=dict)
+    numbers: Dict[str, Dict[str, List[Row]]] = field(default_factory=dict)  # flights/trains: number -> rows
     station_city: Dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -121,35 +135,67 @@ class TaskDatabase:
     def _index(self) -> None:
         for kind in ("flights", "trains"):
             by_key: Dict[Tuple[str, str, str], List[Row]] = {}
+            numbers: Dict[str, List[Row]] = {}
+            col = "train_no" if kind == "trains" else "flight_no"
             for r in self.tables[kind]:
                 by_key.setdefault((r["origin_city"], r["destination_city"], r["dep_date"]), []).append(r)
-                # station -> city, later files win (official order: flights, then trains)
-                self.station_city[r["dep_station_name"].strip()] = r["origin_city"].strip()
-                self.station_city[r["arr_station_name"].strip()] = r["destination_city"].strip()
-            self.routes[kind] = by_key
+                if r[col].strip():
+                    numbers.setdefault(r[col].strip(), []).append(r)
+                # station -> city (official: flights, then trains, later rows win; blank cells skipped)
+                for station, city in ((r["dep_station_name"], r["origin_city"]),
+                                      (r["arr_station_name"], r["destination_city"])):
+                    if station.strip() and city.strip():
+                        self.station_city[station.strip()] = city.strip()
+            self.routes[kind], self.numbers[kind] = by_key, numbers
         self.attraction_by_name = _first_by(self.tables["attractions"], "attraction_name")
         self.restaurant_by_name = _first_by(self.tables["restaurants"], "restaurant_name")
         self.location_by_name = _first_by(self.tables["locations"], "poi_name")
-        self.hotel_by_name = _first_by(self.tables["hotels"], "name")
+        for attr, (table, key) in SCORER_INDEXES.items():
+            setattr(self, attr, _last_by(self.tables[table], key))
         for r in self.tables["restaurants"]:
             self.restaurants_near.setdefault((r["query_latitude"], r["query_longitude"]), []).append(r)
         for r in self.tables["matrix"]:
             self.matrix.setdefault((r["origin"], r["destination"]), r)
             self.matrix_coords.update((r["origin"], r["destination"]))
 
-    def transport_numbers(self, kind: str) -> Dict[str, List[Row]]:
-        """Train or flight number -> its rows (the scorer's price check)."""
-        col = "train_no" if kind == "trains" else "flight_no"
-        out: Dict[str, List[Row]] = {}
-        for r in self.tables[kind]:
-            out.setdefault(r[col].strip(), []).append(r)
-        return out
+
+# scorer index -> (table, name column)
+SCORER_INDEXES = {"hotel_index": ("hotels", "name"), "attraction_index": ("attractions", "attraction_name"),
+                  "restaurant_index": ("restaurants", "restaurant_name"), "location_index": ("locations", "poi_name")}
 
 
 def _first_by(rows: List[Row], key: str) -> Dict[str, Row]:
+    """The tools' lookup: exact name, first row."""
     out: Dict[str, Row] = {}
     for r in rows:
         out.setdefault(r[key], r)
+    return out
+
+
+def _last_by(rows: List[Row], key: str) -> Dict[str, Row]:
+    """The official evaluation's lookup: stripped name, empty names skipped, the last row wins."""
+    out: Dict[str, Row] = {}
+    for r in rows:
+        if r[key].strip():
+            out[r[key].strip()] = r
+    return out
+
+
+def count_duplicates(db_root: Path, task_id: str) -> Dict[str, int]:
+    """Per scorer table (hotels, attractions, restaurants, locations): how many rows repeat an
+    earlier row's (stripped) name. The tools answer with the first such row, the scorer (as
+    officially) checks against the last. Reads only the name column; a missing file counts 0
+    (:func:`check_task` reports it)."""
+    folder, out = task_dir(db_root, task_id), {}
+    for table, key in SCORER_INDEXES.values():
+        path, seen, extra = folder / TABLES[table][0], set(), 0
+        if path.is_file():
+            with open(path, encoding="utf-8-sig", newline="") as f:
+                for row in csv.DictReader(f):
+                    name = (row.get(key) or "").strip()
+                    extra += bool(name) and name in seen
+                    seen.add(name)
+        out[table] = extra
     return out
 
 

@@ -15,8 +15,9 @@ parser and scored:
 - ``scores``: ``personalized``, ``personalized_all`` (official 0/1), ``commonsense``,
   ``composite``, ``case_acc``, ``parsed_lines`` and one ``cs_<dimension>`` per commonsense
   dimension;
-- ``info``: the failed constraints and checks with their reasons, the parser's problems, why a
-  plan scored 0 (no final answer, no ``<plan>``, nothing parsed), and the split file's sha256.
+- ``info``: the failed constraints and checks with their reasons, the constraints not scored
+  (unknown keys, as officially), the parser's problems, why a plan scored 0 (no final answer, no
+  ``<plan>``, nothing parsed), and the split file's sha256.
 """
 from __future__ import annotations
 
@@ -100,11 +101,12 @@ def score_answer(final_text: Optional[str], meta: dict, db: TaskDatabase, cut: O
     if plan_text is None:
         return _zero("no <plan>...</plan> after the last </think>", info)
     parsed = parse_plan(plan_text)
-    info["parse_problems"] = parsed.problems
+    info["parse_problems"], info["parse_notes"] = parsed.problems, parsed.notes
     if not parsed.ok:
         return _zero("the plan did not parse (no day could be read)", info)
     s = score_plan(parsed.plan, meta, db)
-    info["hard_failures"] = {k: r for k, (ok, r) in s.hard.items() if not ok}
+    info["hard_failures"] = {k: r for k, (ok, r) in s.hard.items() if ok is False}
+    info["hard_unscored"] = {k: r for k, (ok, r) in s.hard.items() if ok is None}  # unknown keys
     info["commonsense_failures"] = {k: r for k, (ok, r) in s.checks.items() if not ok}
     scores = {"personalized": s.personalized, "personalized_all": s.personalized_all,
               "commonsense": s.commonsense, "composite": s.composite, "case_acc": s.case_acc,

@@ -13,6 +13,12 @@ satisfied, so the usual metrics read as Table 7's: ``mean@n`` = Avg@n, ``pass@n`
 accuracy, official 0/1) are averaged into the entry's metrics too; each sample keeps its scores,
 failures and parse problems.
 
+A sample without a sub-score (its scorer raised: the agent loop then gives reward 0 and no
+sub-scores) is left out of that sub-score's mean rather than counted as 0; the entry records
+``missing_sub_scores`` (samples without each sub-score) and ``score_errors`` (samples whose scorer
+raised), and each sub-score's metric its ``missing`` count. A sub-score no sample has gets no
+metric.
+
 Agent limits (recorded in the benchmark's settings, so a resumed run uses the same):
 ``--max-new-tokens`` per assistant turn (default 8192), ``$DEEPPLANNING_MAX_TURNS`` (default 40)
 and ``$DEEPPLANNING_MAX_EPISODE_TOKENS`` (default 32768). Resuming works as for the math
@@ -23,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 from eval import metrics
 from eval.benchmarks import Benchmark, data_root, read_rows
@@ -59,21 +65,43 @@ def sample_record(rec, ids: List[int]) -> Dict[str, Any]:
     return {"text": t.final_text or "", "correct": rec.score.reward, "extracted": None,
             "finished": t.cut is None, "num_tokens": len(ids), "timed_out": False, "cut": t.cut,
             "turns": rec.turns, "tool_calls_ok": rec.calls_ok, "tool_calls_failed": rec.calls_failed,
-            "scores": rec.score.scores, "info": rec.score.info}
+            "scores": rec.score.scores, "info": rec.score.info, "score_error": rec.score_error}
+
+
+def sub_score_mean(problems: List[Dict[str, Any]], key: str) -> Tuple[Optional[Dict[str, Any]], int]:
+    """(metric, missing): the task mean of each task's mean over the samples that have the
+    sub-score (tasks with none are left out; None when no sample has it), and how many samples
+    lack it. Without missing samples this is :func:`eval.metrics.mean_at_k`."""
+    values = [[s[key] for s in (x.get("scores") or {} for x in p["samples"]) if s.get(key) is not None]
+              for p in problems]
+    missing = sum(len(p["samples"]) for p in problems) - sum(map(len, values))
+    if not missing:
+        return {**vars(metrics.mean_at_k(values)), "missing": 0}, 0
+    present = [v for v in values if v]
+    if not present:
+        return None, missing
+    return {**vars(metrics.mean_and_stderr([sum(v) / len(v) for v in present])), "missing": missing}, missing
 
 
 def update_metrics(entry: Dict[str, Any]) -> None:
-    """mean@n (Avg@n), pass@k (expected best of k; pass@n = Best@n), and the sub-score means."""
+    """mean@n (Avg@n), pass@k (expected best of k; pass@n = Best@n), the sub-score means (missing
+    sub-scores left out and counted), and the number of scorer errors."""
     done = entry["problems"]
     if not done:
         return
-    correct = [[s["correct"] for s in p["samples"]] for p in done]
+    # 0.0 / 1.0 rewards as ints: eval.metrics' exact pass@k (taken when a task's rewards are all
+    # 0 or 1) counts successes with range(), which a float count breaks
+    correct = [[int(s["correct"]) if s["correct"] in (0, 1) else s["correct"] for s in p["samples"]] for p in done]
     out = {k: vars(v) for k, v in metrics.compute_metrics(correct).items()}
     n = metrics.uniform_n(correct)
+    entry["missing_sub_scores"] = {}
     for key in SCORE_KEYS:
-        values = [[s["scores"].get(key, 0.0) for s in p["samples"]] for p in done]
-        out[f"{key}@{n}"] = vars(metrics.mean_at_k(values))
+        metric, entry["missing_sub_scores"][key] = sub_score_mean(done, key)
+        if metric is not None:
+            out[f"{key}@{n}"] = metric
     entry["metrics"] = out
+    entry["score_errors"] = sum(1 for p in done for s in p["samples"]
+                                if s.get("score_error") or (s.get("info") or {}).get("score_error"))
 
 
 def run_batch(rows: List[Dict[str, Any]], settings: Dict[str, Any], offset: int, args, backend, tokenizer,

@@ -9,8 +9,15 @@ meal), never half-filled.
 
 Accepted variations: ``**`` bold, ``#`` headings and ``-``/``*`` bullets around lines; full-width
 ``｜``, ``，``, ``：`` and ``￥``; fields split from the right, so names may contain commas; costs
-as ``¥60/person``, ``60``, ``¥1,200``, or ``free``. Costs come out as numbers, the transport mode
-lowercased, names verbatim.
+as ``¥60/person``, ``60``, ``¥1,200``, ``650 RMB``, ``RMB 650 per person``, ``60元/人`` or
+``free``; ``24:00`` as an end time (the official example ends days with ``20:00-24:00 | hotel |
+Rest``; the scorers read it as 23:59, as officially); ``Day 2: Beijing`` or ``Day 2 (Nov 5)``
+headers; activity types in any case; the official transport-mode words (``plane``, ``railway``,
+``飞机``, ``火车``, ``高铁``, ``gaotie``). Separator lines (``---``) are skipped. Costs come out as
+numbers, the transport mode and activity type lowercased, names verbatim.
+
+Several ``<plan>`` blocks arrive joined (:func:`eval.deepplanning.prompts.extract_plan`); every day
+of every block is read, and a day number seen before is noted in ``ParsedPlan.notes``.
 
 Output shape (FORMAT.md §3)::
 
@@ -34,10 +41,12 @@ BUDGET_KEYS = {"transportation": "transportation", "accommodation": "accommodati
                "total budget": "total_estimated_budget"}
 _FULLWIDTH = str.maketrans({"｜": "|", "，": ",", "：": ":", "￥": "¥", "－": "-", "–": "-", "—": "-"})
 _NUM = r"\d[\d,]*(?:\.\d+)?"
-_PRICE = re.compile(rf"^(?:¥|RMB|CNY)?\s*({_NUM})\s*(?:yuan|元|RMB|CNY)?\s*(?:/[^,]*)?$", re.IGNORECASE)
+_PRICE = re.compile(rf"^(?:¥|RMB|CNY)?\s*({_NUM})\s*(?:yuan|元|RMB|CNY)?\s*(?:(?:/|per\b)[^,]*)?$", re.IGNORECASE)
 _TAIL_PRICE = re.compile(rf"^(.*?)\s*,\s*((?:¥|RMB|CNY)?\s*{_NUM}[^,]*|free)\s*$", re.IGNORECASE)
-_ACTIVITY = re.compile(r"^(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*\|\s*([A-Za-z_]+)\s*\|\s*(.*)$")
-_DAY = re.compile(r"^Day\s*(\d+)\s*:?\s*$", re.IGNORECASE)
+_ACTIVITY = re.compile(r"^(\d{1,2}):(\d{2})\s*[-~]\s*(\d{1,2}):(\d{2})\s*\|\s*([A-Za-z_]+)\s*\|\s*(.*)$")
+_DAY = re.compile(r"^Day\s*(\d+)\s*(?:[:(,.-].*)?$", re.IGNORECASE)
+_SEPARATOR = re.compile(r"^[-=*_~—]{3,}$")
+MODES = r"flight|train|airplane|plane|railway|飞机|火车|高铁|gaotie"
 _HEADER = re.compile(r"^(Current City|Accommodation)\s*:\s*(.*)$", re.IGNORECASE)
 _BUDGET_LINE = re.compile(r"^([A-Za-z &]+?)\s*:\s*(.*)$")
 
@@ -46,6 +55,7 @@ _BUDGET_LINE = re.compile(r"^([A-Za-z &]+?)\s*:\s*(.*)$")
 class ParsedPlan:
     plan: Dict[str, Any]
     problems: List[str] = field(default_factory=list)  # "line N: why", one per unread line
+    notes: List[str] = field(default_factory=list)  # read, but worth a look (a repeated day number)
     lines: int = 0  # non-empty lines seen
     parsed: int = 0  # of which read into the plan
 
@@ -100,7 +110,7 @@ def _intercity(body: str) -> Tuple[Optional[dict], str]:
     if rest is None:
         return None, "no price at the end (', ¥P/person')"
     head, _, stations = rest.partition(",")
-    m = re.fullmatch(r"\s*(flight|train)\s+(\S+)\s*", head, re.IGNORECASE)
+    m = re.fullmatch(rf"\s*({MODES})\s+(\S+)\s*", head, re.IGNORECASE)
     if not m:
         return None, "expected 'flight|train NUMBER, From - To, ¥P/person'"
     ft = _from_to(stations)
@@ -173,7 +183,7 @@ class _Reader:
 
     def line(self, n: int, raw: str) -> None:
         line = clean_line(raw)
-        if not line:
+        if not line or _SEPARATOR.match(raw.strip()):
             return
         self.out.lines += 1
         why = self._read(line)
@@ -186,9 +196,12 @@ class _Reader:
         m = _DAY.match(line)
         if m:
             self.in_budget = False
-            self.days.append({"day_number": int(m.group(1)), "current_city": "", "activities": []})
+            number = int(m.group(1))
+            if any(d["day_number"] == number for d in self.days):
+                self.out.notes.append(f"day {number} appears again (several plans?); read as another day")
+            self.days.append({"day_number": number, "current_city": "", "activities": []})
             return ""
-        if re.fullmatch(r"budget summary\s*:?", line, re.IGNORECASE):
+        if re.fullmatch(r"budget summary\b[^0-9]*", line, re.IGNORECASE):
             self.in_budget = True
             return ""
         if self.in_budget:
@@ -218,6 +231,7 @@ class _Reader:
 
     def _activity(self, m: re.Match) -> str:
         h1, m1, h2, m2, kind, body = m.groups()
+        kind = kind.lower()
         if kind not in ACTIVITY_TYPES:
             return f"unknown activity type {kind!r}"
         day = self.days[-1]

@@ -400,7 +400,7 @@ def score_all(paths: Dict[str, Path]) -> List[str]:
     for name, task, want, text in plans:
         parsed = parse_plan(text)
         s = score_plan(parsed.plan, META[task], load_task(paths["database"], task))
-        failed = ["hard:" + k for k, (ok, _) in s.hard.items() if not ok] + [k for k, (ok, _) in s.checks.items() if not ok]
+        failed = ["hard:" + k for k, (ok, _) in s.hard.items() if ok is False] + [k for k, (ok, _) in s.checks.items() if not ok]
         lines.append(f"{name:24s} task {task} parsed {parsed.parsed}/{parsed.lines} personalized {s.personalized:.3f} "
                      f"(official {s.personalized_all:.0f}) commonsense {s.commonsense:.3f} "
                      f"failed {failed or '-'} expected {want}")

@@ -45,6 +45,48 @@ def test_prepare_checks_a_database_folder(fixture_paths, tmp_path, capsys):
     assert check_database(db, ["0", "1"]) == [f"task 1: {db / 'id_1/locations/locations_coords.csv'} is missing"]
 
 
+def test_prepare_counts_duplicate_names(fixture_paths, tmp_path, capsys):
+    """A repeated name is not an error, but it is reported: the scorer keeps the last row (as the
+    official loaders), the tools the first."""
+    import csv
+
+    from eval import prepare
+
+    data = tmp_path / "data"
+    (data / "DeepPlanning" / "travelplanning").mkdir(parents=True)
+    shutil.copy(fixture_paths["queries"], data / "DeepPlanning" / "travelplanning" /
+                "travelplanning_query_en.json")
+    db = tmp_path / "db"
+    shutil.copytree(fixture_paths["database"], db)
+    hotels = db / "id_0" / "hotels" / "hotels.csv"
+    rows = list(csv.DictReader(open(hotels, encoding="utf-8")))
+    with open(hotels, "a", encoding="utf-8", newline="") as f:
+        csv.DictWriter(f, fieldnames=list(rows[0])).writerow({**rows[0], "price": "400.0"})
+    prepare.main(["--data-dir", str(data), "--only", "", "--deepplanning-db", str(db)])
+    out = capsys.readouterr().out
+    assert "OK (2 task folders" in out
+    assert ("duplicate names (hotels 1 row(s) in 1 task(s), attractions 0 row(s) in 0 task(s), "
+            "restaurants 0 row(s) in 0 task(s), locations 0 row(s) in 0 task(s))") in out
+
+
+def test_missing_sub_scores_are_left_out_and_counted():
+    """A sample whose scorer raised has reward 0 but no sub-scores: they are missing, not 0."""
+    from eval.deepplanning.evaluate import SCORE_KEYS, update_metrics
+
+    ok = {"correct": 1.0, "scores": {k: 1.0 for k in SCORE_KEYS}, "info": {}}
+    err = {"correct": 0.0, "scores": {}, "info": {"score_error": "KeyError: 'x'"}, "score_error": "KeyError: 'x'"}
+    entry = {"problems": [{"samples": [ok, err]}, {"samples": [ok, ok]}]}
+    update_metrics(entry)
+    m = entry["metrics"]
+    assert m["mean@2"]["value"] == 0.75  # the reward of a failed scorer stays 0, as officially
+    assert m["commonsense@2"]["value"] == 1.0 and m["commonsense@2"]["missing"] == 1
+    assert entry["missing_sub_scores"] == {k: 1 for k in SCORE_KEYS} and entry["score_errors"] == 1
+    entry = {"problems": [{"samples": [err, err]}]}
+    update_metrics(entry)
+    assert "commonsense@2" not in entry["metrics"] and entry["missing_sub_scores"]["commonsense"] == 2
+    assert entry["score_errors"] == 2 and entry["metrics"]["mean@2"]["value"] == 0.0
+
+
 def test_prepare_writes_the_real_split(tmp_path):
     from eval import prepare
     from eval.benchmarks import REPO_ROOT
@@ -127,6 +169,7 @@ def test_eval_run_scores_avg_and_best_and_resumes(dp_data, tmp_path):
     assert m["mean@2"]["value"] == pytest.approx((0.9 + 0.875) / 2)  # Avg@2
     assert m["pass@2"]["value"] == pytest.approx(1.0)  # Best@2
     assert m["commonsense@2"]["value"] == 1.0 and m["case_acc@2"]["value"] == 0.5
+    assert entry["score_errors"] == 0 and set(entry["missing_sub_scores"].values()) == {0}
     sample = entry["problems"][0]["samples"][1]
     assert sample["turns"] == 2 and sample["tool_calls_ok"] == 1
     assert "train_seat_status" in sample["info"]["hard_failures"]
