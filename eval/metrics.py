@@ -129,7 +129,8 @@ def per_problem(correct: Sequence[Sequence[bool]], metric: str, k: int,
             _check_k(len(c), k)
         return [sum(c) / len(c) for c in correct]
     if metric == "pass":  # fractional scores (DeepPlanning): the expected best of k samples
-        return [pass_at_k_single(len(c), sum(c), k) if all(v in (0, 1) for v in c) else expected_max_at_k(c, k)
+        # 0/1 scores may come as floats (0.0 / 1.0): the count of correct samples is an int
+        return [pass_at_k_single(len(c), round(sum(c)), k) if all(v in (0, 1) for v in c) else expected_max_at_k(c, k)
                 for c in correct]
     if metric == "maj":
         if keys is None:

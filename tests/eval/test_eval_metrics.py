@@ -88,3 +88,11 @@ def test_paired_difference():
     assert est.stderr == pytest.approx(0.5 / math.sqrt(3))
     with pytest.raises(ValueError, match="same problems"):
         metrics.paired_difference({"p1": 1.0}, {"p2": 1.0})
+
+
+def test_pass_at_k_of_float_zero_one_scores():
+    """Rewards of a scorer come as floats: 0.0 / 1.0 on every sample is still pass@k, not a crash."""
+    from eval import metrics as m
+
+    assert m.per_problem([[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]], "pass", 2) == \
+        m.per_problem([[0, 0, 0, 0], [1, 0, 0, 0]], "pass", 2) == [0.0, 0.5]
