@@ -24,7 +24,9 @@ padded rows beyond it are never sampled.
 """
 from __future__ import annotations
 
+import logging
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -34,6 +36,8 @@ from torch.utils.checkpoint import checkpoint
 from opsd.hooks import TokenStats
 
 EXTRA_TOPK = 16  # teacher top-k of the adaptive-KL term KL(q~_T || pi_S) (EQUATIONS.md, App. B.1)
+
+log = logging.getLogger("opsd")
 
 
 # ------------------------------------------------------------------ logit sources
@@ -363,9 +367,47 @@ def _extra_source(teacher: TeacherSource, rows, lt: torch.Tensor, device):
     return lt.detach()
 
 
-def _safe_chunk(zs_fn, teacher, rows, loss_type, beta, w, ew, want_topk_kl) -> _Chunk:
-    """:func:`_chunk`, with the rows whose results are not finite redone by :func:`_reference_chunk`.
-    ``zs_fn(sub)``: fresh student logits of the chunk's rows ``sub`` (a slice or an index tensor)."""
+# ------------------------------------------------------------------ fallback to the direct formulas
+#
+# A row whose closed-form results are not finite is redone by the direct formulas and autograd
+# (:func:`_reference_chunk`). Expected only for logits of -inf (0 * -inf in a row dot); a closed form
+# that goes NaN for another reason would otherwise fall back without a word and cost that path's
+# memory and time. So every such row is counted, per (pass, dtype of the head), and warned about once
+# per (pass, dtype); the trainer logs the count per step as ``loss_fallback_rows``.
+
+_fallback_rows: Counter = Counter()  # (loss type or "statistics", head dtype) -> rows redone
+_fallback_warned: set = set()
+
+
+def fallback_rows() -> dict:
+    """Rows redone by the direct formulas since the last :func:`take_fallback_rows`, by
+    ``(loss type or "statistics", head dtype)`` (a copy)."""
+    return dict(_fallback_rows)
+
+
+def take_fallback_rows() -> int:
+    """The number of rows redone by the direct formulas since the last call (both passes; a row
+    of a two-pass step can count twice), and reset the count."""
+    n = sum(_fallback_rows.values())
+    _fallback_rows.clear()
+    return n
+
+
+def _note_fallback(n: int, loss_type: str, want_grad: bool, dtype) -> None:
+    key = (loss_type if want_grad else "statistics", str(dtype).replace("torch.", ""))
+    _fallback_rows[key] += n
+    if key not in _fallback_warned:
+        _fallback_warned.add(key)
+        log.warning("opsd.losses: %d row(s) of the %s closed form (%s head) were not finite and were redone by "
+                    "the direct formulas with autograd (more memory and time than loss.impl=fused); expected "
+                    "only for logits of -inf. Counted per step as loss_fallback_rows; warned once per pass "
+                    "and dtype.", n, key[0], key[1])
+
+
+def _safe_chunk(zs_fn, teacher, rows, loss_type, beta, w, ew, want_topk_kl, dtype) -> _Chunk:
+    """:func:`_chunk`, with the rows whose results are not finite redone by :func:`_reference_chunk`
+    (counted and warned about: :func:`take_fallback_rows`). ``zs_fn(sub)``: fresh student logits of
+    the chunk's rows ``sub`` (a slice or an index tensor). ``dtype``: the head's, for the warning."""
     out = _chunk(zs_fn(slice(None)), teacher, rows, loss_type, beta, w, ew, want_topk_kl)
     bad = torch.stack([v.isnan() for v in out.stats.values()]).any(0)  # NaN, not inf: a KL may be +inf
     if out.loss is not None:
@@ -373,6 +415,7 @@ def _safe_chunk(zs_fn, teacher, rows, loss_type, beta, w, ew, want_topk_kl) -> _
     if not bool(bad.any()):
         return out
     sub = bad.nonzero().squeeze(-1)
+    _note_fallback(len(sub), loss_type, w is not None, dtype)
     t_rows = _rows_of(rows, sub)
     ref = _reference_chunk(zs_fn(sub), teacher, t_rows, loss_type, beta, _take(w, sub), _take(ew, sub), want_topk_kl)
     for k, v in ref.stats.items():
@@ -407,6 +450,10 @@ def _teacher_chunk(teacher: TeacherSource, rows, logp_s: torch.Tensor):
 STAT_FIELDS = ("entropy", "reverse_kl", "forward_kl", "teacher_entropy")
 
 
+def _head_dtype(student) -> torch.dtype:
+    return student.weight.dtype if isinstance(student, HiddenLogits) else student.logits.dtype
+
+
 def _stats_out(parts: dict, device, topk_kl: bool) -> TokenStats:
     out = {k: (torch.cat(v) if v else torch.zeros(0, device=device)) for k, v in parts.items()}
     if not topk_kl:
@@ -431,7 +478,7 @@ def stats_from_sources(student, teacher: TeacherSource, chunk_size: int = 512, t
         rows = slice(s, min(n, s + chunk_size))
         zs_fn = lambda sub, rows=rows: _upcast(student.rows(_rows_of(rows, sub) if isinstance(sub, torch.Tensor)
                                                             else rows))
-        st = _safe_chunk(zs_fn, teacher, rows, "reverse_kl", 0.5, None, None, topk_kl).stats
+        st = _safe_chunk(zs_fn, teacher, rows, "reverse_kl", 0.5, None, None, topk_kl, _head_dtype(student)).stats
         for k in parts:
             parts[k].append(st[k])
     dev = student.hidden.device if isinstance(student, HiddenLogits) else student.logits.device
@@ -534,7 +581,7 @@ def _fused_pass(h, weight, job: _Job):
         if ew is not None and not bool(ew.any()):  # adaptive KL off on every row: skip its top-k over V
             ew = None
         out = _safe_chunk(lambda sub, hc=hc: _upcast(hc[sub] @ w_head.T), job.teacher, job.indices[s:e],
-                          job.loss_type, job.beta, job.weights[s:e], ew, job.topk_kl)
+                          job.loss_type, job.beta, job.weights[s:e], ew, job.topk_kl, w_head.dtype)
         part = out.loss.sum()
         loss = part if loss is None else loss + part
         if job.stats:

@@ -36,6 +36,7 @@ import torch.distributed as dist
 from opsd import checkpoint, hooks
 from opsd.config import Config, ConfigError
 from opsd.engine import all_gather_host, all_reduce_host, build_engine, init_distributed, pick_device, rank, world_size
+from opsd.losses import take_fallback_rows
 from opsd.metrics import MetricsLogger, format_line, peak_memory_gb, reset_peak_memory
 from opsd.rollout import RolloutEngineError, SamplingConfig, WeightSyncError, make_backend
 
@@ -376,9 +377,11 @@ class Trainer:
                                     *padding_tokens(b), not b["rows"]], dtype=torch.float64)
             diag_parts.append((sel.diagnostics, float(counts[i]) / n_step))
         self.teacher.load()  # back on the device for the next step's scoring phase (no-op if resident)
-        totals = all_reduce_host(totals)
+        # totals[8]: rows the closed-form loss redid by autograd (opsd.losses, warned once there)
+        totals = all_reduce_host(torch.cat([totals, totals.new_tensor([take_fallback_rows()])]))
         metrics.update(micro_batches=len(batches), empty_micro_batches=int(totals[7].item()),
-                       padding_frac=totals[5].item() / max(totals[6].item(), 1.0))  # of all ranks' token slots
+                       padding_frac=totals[5].item() / max(totals[6].item(), 1.0),  # of all ranks' token slots
+                       loss_fallback_rows=int(totals[8].item()))
         self._on_every_rank(self._sync_weights)
         grad_norm = self.engine.get_global_grad_norm()
         metrics.update(loss=totals[0].item(), reverse_kl=totals[1].item() / n_step, entropy=totals[2].item() / n_step,
