@@ -22,19 +22,19 @@ $(VENV)/.installed: setup.py constraints-cpu.txt
 
 ## The main job on the embedded default: build the toy world if missing, then OPD, with accuracies.
 demo: install
-	$(PY) -m opsd.demo
+	$(PY) recipes/toy/demo.py
 
 world: install
-	$(PY) -m opsd.toy.build --out artifacts/toy
+	$(PY) recipes/toy/world.py --world toy --out artifacts/toy
 
 ## Agentic OPD (multi-turn tool calls) on the agentic toy world: builds artifacts/agent_toy if
 ## missing, then OPD with recipes/toy/agent.yaml; teacher / student before / after accuracies.
 .PHONY: demo-agent world-agent
 demo-agent: install
-	$(PY) -m opsd.toy.agent_demo
+	$(PY) recipes/toy/demo.py --world agent
 
 world-agent: install
-	$(PY) -m opsd.toy.agent_build --out artifacts/agent_toy
+	$(PY) recipes/toy/world.py --world agent --out artifacts/agent_toy
 
 ## The test suite (CPU; gpu/vllm-marked tests skip).
 test: install
@@ -62,6 +62,15 @@ bench: install
 .PHONY: simulate
 simulate: install
 	$(PY) bench/simulate_memory.py --all && $(PY) bench/simulate_memory.py --validate
+
+## One prepared GPU check, one report (bench/gpu_check.py, docs/gpu/README.md): a full OPD step of
+## random-weight Qwen3-4B -> 1.7B at 8,192 tokens against the simulator, the loss step (fused, autograd,
+## Liger) at V=151,936, packed vs padded; budget 8 min on one H100 (not yet run on one), report in docs/gpu/.
+## Needs only torch + transformers (no network; DeepSpeed from WHEELS=dir if missing); no `install` step.
+## Without a GPU it says so in one line; DRY_RUN=1 validates every step and runs nothing heavy (CI).
+.PHONY: gpu-check
+gpu-check:
+	@$(or $(PYTHON),$(wildcard $(PY)),python3) bench/gpu_check.py $(if $(filter 1,$(DRY_RUN)),--dry-run) $(if $(WHEELS),--wheels $(WHEELS))
 
 ## Grader agreement with the gold solutions, and grading throughput.
 grader-check: install

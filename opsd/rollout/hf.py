@@ -29,6 +29,14 @@ class HFGenerateBackend(RolloutBackend):
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
         if None in self.eos_ids or self.pad_id is None:
             raise ValueError("HF backend: the tokenizer/model defines no EOS or pad token")
+        # ZeRO-3 partitions the student: every forward all-gathers its parameters, so every rank must
+        # run the same number of forwards. generate stops early on a rank whose samples all ended and
+        # the others then wait forever; synced_gpus keeps each rank stepping until all are done.
+        # (transformers turns it on by itself only while its own DeepSpeed config is registered,
+        # which opsd's engine never is.)
+        self.synced = (torch.distributed.is_available() and torch.distributed.is_initialized()
+                       and torch.distributed.get_world_size() > 1
+                       and any(hasattr(p, "ds_id") for p in self.model.parameters()))
 
     @torch.no_grad()
     def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: SamplingConfig) -> Rollouts:
@@ -53,7 +61,7 @@ class HFGenerateBackend(RolloutBackend):
         greedy = sampling.temperature == 0
         kwargs = dict(do_sample=not greedy, max_new_tokens=sampling.max_new_tokens,
                       num_return_sequences=sampling.n, pad_token_id=self.pad_id,
-                      eos_token_id=sorted(self.eos_ids))
+                      eos_token_id=sorted(self.eos_ids), synced_gpus=self.synced)
         if not greedy:  # explicit values so a model's generation_config defaults never leak in
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
         else:
