@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     world = Path(args.world)
     if not (world / "build_info.json").is_file():
-        print(f"error: {world} is not a built agentic world (python -m opsd.toy.agent_build --out {world})",
+        print(f"error: {world} is not a built agentic world (python recipes/toy/world.py --world agent --out {world})",
               file=sys.stderr)
         return 2
     for name in args.backends.split(","):

@@ -5,7 +5,7 @@
 
 Two cases, the same measurements:
 
-1. **toy** (the embedded default, ``python -m opsd.toy.build --out DIR``): student rollouts
+1. **toy** (the embedded default, ``python recipes/toy/world.py --world toy --out DIR``): student rollouts
    (T = 1, as ``recipes/toy/opd.yaml``) on held-out prompts, scored by the trained teacher through
    :class:`opsd.teacher.Teacher` exactly as the trainer does: ``topk=None`` gives the exact source
    (hidden states -> full-vocabulary logits), ``topk=k`` the :class:`opsd.losses.TeacherTopK`
@@ -370,7 +370,7 @@ def main(argv=None) -> dict:
     if not args.no_toy:
         world = Path(args.world)
         if not (world / "teacher").is_dir():
-            raise SystemExit(f"--world {world}: no built toy world (python -m opsd.toy.build --out {world}), "
+            raise SystemExit(f"--world {world}: no built toy world (python recipes/toy/world.py --world toy --out {world}), "
                              "or pass --no-toy")
         cases.append(("toy", lambda: toy_case(world, args.prompts, args.n, args.max_new_tokens, args.micro_batch,
                                               args.temperature, args.seed, args.chunk_size)))

@@ -4,7 +4,7 @@ Files live under the data root: ``--data-dir``, else ``$OPSD_DATA_DIR``, else ``
 repository, filled by ``python -m eval.prepare`` with the same relative paths as
 ``../shared/data`` (so ``OPSD_DATA_DIR=../shared/data`` also works for the three test sets).
 The toy benchmark reads ``heldout.jsonl`` of the toy world (``$OPSD_TOY_DIR``, default
-``artifacts/toy``, built by ``opsd.toy.build``) and is graded by ``opsd.toy.task.reward``,
+``artifacts/toy``, built by ``recipes/toy/world.py``) and is graded by ``opsd.toy.task.reward``,
 imported lazily.
 
 The gold answer is each file's ``answer`` column, never one re-extracted from a solution. A
@@ -164,7 +164,7 @@ def read_rows(path: Path) -> List[Dict[str, Any]]:
 def _missing_message(spec: BenchmarkSpec, path: Path) -> str:
     if spec.root == "toy":
         return (f"benchmark {spec.name!r}: {path} not found; build the toy world first "
-                f"(python -m opsd.toy.build --out artifacts/toy) or set ${TOY_ENV}")
+                f"(python recipes/toy/world.py --world toy --out artifacts/toy) or set ${TOY_ENV}")
     if spec.name == "deepplanning_travel":
         return (f"benchmark 'deepplanning_travel': {path} not found; run `python -m eval.prepare` to write "
                 "the DeepPlanning travel split")

@@ -2,14 +2,16 @@
 
 Every printable ASCII character (plus newline and tab) is one token; the chat control strings
 (``<|im_start|>``, ``<|im_end|>``, ``<think>``, ``</think>``) are added tokens, so they are split
-off before the per-character pre-tokenizer runs, as in Qwen. No files, no network.
+off before the per-character pre-tokenizer runs, as in Qwen. No files, no network. Built by the toy
+worlds' builder (:func:`opsd.toy.tokenizer.char_tokenizer`), with ids and options of its own.
 """
 from __future__ import annotations
 
 import string
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
+
+from opsd.toy.tokenizer import GENERATION_PROMPT, char_tokenizer
 
 SPECIAL = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>"]
 ADDED = ["<think>", "</think>"]
@@ -19,12 +21,7 @@ QWEN_STYLE_TEMPLATE = (
     "{%- for message in messages %}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false %}"
-    "{{- '<think>\\n\\n</think>\\n\\n' }}"
-    "{%- endif %}"
-    "{%- endif %}"
+    + GENERATION_PROMPT
 )
 
 # Same turns, but the LAST message is rendered differently from earlier ones (like templates that
@@ -52,20 +49,5 @@ def build_tiny_tokenizer(chat_template: str = QWEN_STYLE_TEMPLATE, chars=None) -
     """Char-level ``PreTrainedTokenizerFast``; eos = ``<|im_end|>``, pad = ``<pad>``. ``chars``:
     the characters in id order (default ``string.printable``, which includes "\n", "\t", " ")."""
     chars = list(string.printable if chars is None else chars)
-    vocab = {tok: i for i, tok in enumerate(SPECIAL + ADDED)}
-    for ch in chars:
-        vocab.setdefault(ch, len(vocab))
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    # One pre-token per character ([\s\S] also matches newlines); Fuse joins them back on decode.
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        eos_token="<|im_end|>",
-        additional_special_tokens=["<|im_start|>"],
-    )
-    tok.add_tokens(ADDED)
-    tok.chat_template = chat_template
-    return tok
+    return char_tokenizer(SPECIAL + ADDED + chars, chat_template, markers=ADDED, unk="<unk>", pad_token="<pad>",
+                          eos_token="<|im_end|>", additional_special_tokens=["<|im_start|>"])

@@ -2,9 +2,12 @@
 gold layout against the agent loop, and a quick (untrained) build."""
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +20,16 @@ from opsd.toy import tokenizer as mathtok
 from opsd.toy.agent_env import LookupEnv, lookup_tools
 from opsd.toy.agent_task import (ATTRIBUTES, AgentTaskConfig, extract_answer, final_text, gold_turns, make_questions,
                                  sample_question, split_of, tool_call_text)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def toy_recipe(name: str):
+    """``recipes/toy/{name}.py`` as a module (the entry points that import opsd and tip_patches)."""
+    if str(ROOT / "recipes" / "toy") not in sys.path:
+        sys.path.insert(0, str(ROOT / "recipes" / "toy"))
+    return importlib.import_module(name)
 
 
 @pytest.fixture(scope="module")
@@ -295,7 +308,7 @@ def test_misconception_is_the_students_habit_only_and_matches_the_loop(tok):
     import dataclasses
     import random
 
-    from opsd.toy.agent_build import AgentWorldConfig, GoldLayout, Misconception, agent_loop, model_fingerprint
+    from opsd.toy.agent_build import WORLD, AgentWorldConfig, GoldLayout, Misconception, agent_loop
     from opsd.toy.agent_task import extract_answer, tool_call_text
 
     cfg = AgentWorldConfig()
@@ -319,8 +332,8 @@ def test_misconception_is_the_students_habit_only_and_matches_the_loop(tok):
         assert rec.score.reward == float(a.answer == q.answer)
     assert Misconception(rate=0.0).apply(qs[0], random.Random(0)) == qs[0]
     other = dataclasses.replace(cfg, student_misconception=None)
-    assert model_fingerprint(other, "teacher") == model_fingerprint(cfg, "teacher")
-    assert model_fingerprint(other, "student") != model_fingerprint(cfg, "student")
+    assert WORLD.fingerprint(other, "teacher") == WORLD.fingerprint(cfg, "teacher")
+    assert WORLD.fingerprint(other, "student") != WORLD.fingerprint(cfg, "student")
     with pytest.raises(ValueError, match="two different tools"):
         Misconception(asked="weight", called="weight").validate()
 
@@ -350,41 +363,43 @@ def test_sampled_spellings_are_trained_as_sampled(tok):
 # --- quick build --------------------------------------------------------------------------------
 
 
-def test_quick_build_is_complete_and_idempotent(tmp_path):
-    from opsd.toy.agent_build import build, quick_config, read_rows
+def test_quick_build_is_complete_and_idempotent(tmp_path, capsys):
+    from opsd.toy.agent_build import quick_config, read_rows
 
     cfg = quick_config()
-    info = build(tmp_path, cfg)
+    build = toy_recipe("world").main  # make world-agent, quick
+    info = build(["--world", "agent", "--out", str(tmp_path), "--quick"])
+    assert "TIP quadrants of student T=1 tokens" in capsys.readouterr().out
     for name in ("tokenizer", "teacher", "student", "train.jsonl", "heldout.jsonl", "build_info.json"):
         assert (tmp_path / name).exists(), name
     rows = read_rows(tmp_path / "heldout.jsonl")
     assert len(rows) == cfg.n_heldout and set(rows[0]) == {"prompt", "answer", "facts", "needed"}
     assert 0.0 <= info["teacher_acc_greedy"] <= 1.0 and "all" in info["quadrants"]
     mtime = (tmp_path / "teacher" / "model.safetensors").stat().st_mtime_ns
-    assert build(tmp_path, cfg) == info  # nothing rebuilt
+    assert build(["--world", "agent", "--out", str(tmp_path), "--quick"]) == info  # nothing rebuilt
     assert (tmp_path / "teacher" / "model.safetensors").stat().st_mtime_ns == mtime
     (tmp_path / "heldout.jsonl").write_text("")  # a damaged part is rewritten
-    build(tmp_path, cfg)
+    build(["--world", "agent", "--out", str(tmp_path), "--quick"])
     assert len(read_rows(tmp_path / "heldout.jsonl")) == cfg.n_heldout
 
 
 @pytest.mark.slow
 def test_demo_runs_multi_turn_opd_with_tip(tmp_path, monkeypatch, capsys):
-    """``make demo-agent``'s module end to end on a quick world: teacher accuracy, before, after."""
-    from opsd.toy import agent_build, agent_demo
+    """``make demo-agent``'s entry point end to end on a quick world: teacher accuracy, before, after."""
+    from opsd.toy import agent_build
 
+    demo, ensure = toy_recipe("demo"), toy_recipe("world").ensure
     world = tmp_path / "world"
 
-    def quick_world(out):
-        agent_build.build(out, agent_build.quick_config())
-        return agent_build.world_paths(out)
+    def quick_world(name):
+        assert name == "agent"
+        return ensure(name, str(world), agent_build.quick_config())
 
-    monkeypatch.setattr(agent_build, "ensure_world", quick_world)
-    monkeypatch.setattr(agent_demo, "WORLD", str(world))
-    rc = agent_demo.main([f"model.student={world}/student", f"model.teacher={world}/teacher",
-                          f"data.train_files=[{world}/train.jsonl]", f"train.eval_files=[{world}/heldout.jsonl]",
-                          "train.max_steps=2", f"train.output_dir={tmp_path}/run", "logging.progress=false",
-                          "tip.rule=q3", "tip.ratio=0.2"])
+    monkeypatch.setattr(demo.world, "ensure", quick_world)
+    rc = demo.main(["--world", "agent", f"model.student={world}/student", f"model.teacher={world}/teacher",
+                    f"data.train_files=[{world}/train.jsonl]", f"train.eval_files=[{world}/heldout.jsonl]",
+                    "train.max_steps=2", f"train.output_dir={tmp_path}/run", "logging.progress=false",
+                    "tip.rule=q3", "tip.ratio=0.2"])
     assert rc == 0
     out = capsys.readouterr().out
     last = json.loads(out.strip().splitlines()[-1])

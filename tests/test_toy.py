@@ -1,8 +1,13 @@
-"""The embedded default world (opsd.toy): task, tokenizer, and a quick (untrained) build."""
+"""The embedded default world (opsd.toy): task, tokenizer, the shared builder (opsd.toy.world: SFT,
+fingerprints) and a quick (untrained) build through ``recipes/toy/world.py``."""
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +16,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from opsd.toy import tokenizer as toytok
 from opsd.toy.task import (TaskConfig, extract_answer, make_problems, reward, solution_text, split_of,
                            write_prompt_files)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def toy_recipe(name: str):
+    """``recipes/toy/{name}.py`` as a module (the entry points that import opsd and tip_patches)."""
+    if str(ROOT / "recipes" / "toy") not in sys.path:
+        sys.path.insert(0, str(ROOT / "recipes" / "toy"))
+    return importlib.import_module(name)
 
 
 @pytest.fixture(scope="module")
@@ -112,28 +126,45 @@ def test_sft_labels_cover_only_the_answer(tok):
         assert tok.decode(ids[:len(ids) - len(kept)]).endswith("assistant\n" + ("<think>\n\n</think>\n\n" if no_think else ""))
 
 
-def test_minmax_constant_is_zero_not_nan():
+def test_quadrant_report_reads_the_losses_statistics_like_tip():
+    """The build's quadrants: opsd's statistics read by tip_patches (min-max per batch, TIP Eq. 5;
+    "high" strictly above the threshold); a constant batch is all Q4, never NaN."""
     import torch
 
-    from opsd.toy.build import minmax
+    from opsd.hooks import TokenStats
+    from tip_patches.report import quadrant_shares
 
-    assert torch.equal(minmax(torch.full((5,), 3.0)), torch.zeros(5))
-    assert torch.allclose(minmax(torch.tensor([1.0, 2.0, 3.0])), torch.tensor([0.0, 0.5, 1.0]))
+    def stats(h, d, group=None):
+        h, d = torch.tensor(h), torch.tensor(d)
+        return TokenStats(h, d, d, h, token_group=None if group is None else torch.tensor(group),
+                          group_names=None if group is None else {1: "text", 2: "tool_call"})
+
+    # normalized (h, d): (1, 1) Q1, (1, 0) Q2, (0, 1) Q3, (0, 0) Q4, (0.5, 0.5) Q4 (not above 0.5)
+    q = quadrant_shares([stats([2.0, 2.0, 0.0, 0.0, 1.0], [4.0, 0.0, 4.0, 0.0, 2.0])])
+    assert q == {"Q1": 0.2, "Q2": 0.2, "Q3": 0.2, "Q4": 0.4, "tokens": 5, "mean_reverse_kl": 2.0}
+    assert quadrant_shares([stats([3.0] * 4, [1.0] * 4)])["Q4"] == 1.0
+    grouped = quadrant_shares([stats([1.0, 0.0], [0.0, 1.0], [1, 2]), stats([5.0], [5.0], [2])])
+    assert list(grouped) == ["all", "text", "tool_call"] and grouped["all"]["tokens"] == 3
+    assert grouped["text"]["Q2"] == 1.0 and grouped["tool_call"]["Q3"] == grouped["tool_call"]["Q4"] == 0.5
 
 
 # --- quick build ---------------------------------------------------------------------------------
 
 
-def test_quick_world_builds_loads_and_is_idempotent(tmp_path):
+def test_quick_world_builds_loads_and_is_idempotent(tmp_path, capsys):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from opsd.toy.build import build, ensure_world, quick_config
+    from opsd.toy.build import ensure_world, quick_config
 
     cfg = quick_config()
-    info = build(tmp_path, cfg)
-    paths = ensure_world(tmp_path, cfg)  # second call: everything valid, nothing rebuilt
+    info = toy_recipe("world").main(["--world", "toy", "--out", str(tmp_path), "--quick"])  # make world, quick
+    assert "TIP quadrants of student T=1 tokens" in capsys.readouterr().out
+    mtime = (tmp_path / "teacher" / "model.safetensors").stat().st_mtime_ns
+    paths = toy_recipe("world").ensure("toy", str(tmp_path), cfg)  # second call: everything valid, nothing rebuilt
     assert set(paths) >= {"tokenizer", "teacher", "student", "train", "heldout", "build_info"}
     assert json.load(open(paths["build_info"])) == info
+    assert (tmp_path / "teacher" / "model.safetensors").stat().st_mtime_ns == mtime
+    assert ensure_world(tmp_path, cfg) == paths  # without the quadrant report too
     tok = AutoTokenizer.from_pretrained(paths["tokenizer"])
     for role in ("teacher", "student"):
         model = AutoModelForCausalLM.from_pretrained(paths[role])
@@ -147,40 +178,98 @@ def test_quick_world_builds_loads_and_is_idempotent(tmp_path):
     assert 0 <= info["student_acc_greedy"] <= 1
 
 
-def test_stale_model_is_rebuilt(tmp_path):
-    import dataclasses
+def test_a_world_without_quadrants_gets_them_when_a_report_asks(tmp_path):
+    from opsd.toy.build import build, quick_config
 
-    from opsd.toy.build import build, model_fingerprint, model_valid, quick_config
-    from pathlib import Path
+    cfg = quick_config()
+    assert "quadrants" not in build(tmp_path, cfg)  # opsd alone: no TIP reading
+    mtime = (tmp_path / "student" / "model.safetensors").stat().st_mtime_ns
+    toy_recipe("world").ensure("toy", str(tmp_path), cfg)
+    assert "Q3" in json.loads((tmp_path / "build_info.json").read_text())["quadrants"]  # re-evaluated ...
+    assert (tmp_path / "student" / "model.safetensors").stat().st_mtime_ns == mtime  # ... not retrained
+
+
+def test_stale_model_is_rebuilt(tmp_path):
+    from opsd.toy.build import WORLD, build, quick_config
 
     cfg = dataclasses.replace(quick_config(), evaluate=False)
     build(tmp_path, cfg)
     other = dataclasses.replace(cfg, seed=1)
-    assert not model_valid(Path(tmp_path) / "student", model_fingerprint(other, "student"))
+    assert not WORLD.model_valid(tmp_path / "student", other, "student")
     build(tmp_path, other)
-    assert model_valid(Path(tmp_path) / "student", model_fingerprint(other, "student"))
+    assert WORLD.model_valid(tmp_path / "student", other, "student")
 
 
 def test_changing_the_student_spec_rebuilds_only_the_student(tmp_path):
-    import dataclasses
-    from pathlib import Path
-
     from opsd.toy.build import build, quick_config
 
     cfg = dataclasses.replace(quick_config(), evaluate=False)
     build(tmp_path, cfg)
-    weights = {role: Path(tmp_path) / role / "model.safetensors" for role in ("teacher", "student")}
+    weights = {role: tmp_path / role / "model.safetensors" for role in ("teacher", "student")}
     before = {role: (p.stat().st_mtime_ns, p.read_bytes()) for role, p in weights.items()}
     other = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, steps=cfg.student.steps + 1))
     build(tmp_path, other)
     assert (weights["teacher"].stat().st_mtime_ns, weights["teacher"].read_bytes()) == before["teacher"]
     assert weights["student"].read_bytes() != before["student"][1]
-    info = json.loads((Path(tmp_path) / "student" / "sft_info.json").read_text())
+    info = json.loads((tmp_path / "student" / "sft_info.json").read_text())
     assert info["spec"]["steps"] == cfg.student.steps + 1
 
 
+# --- fingerprints: everything that changes a part, nothing that does not -------------------------
+
+
+def test_fingerprints_hash_the_tokenizer_not_the_thread_count(monkeypatch):
+    from opsd.toy.build import WORLD, WorldConfig
+
+    cfg = WorldConfig()
+    stamps = {role: WORLD.fingerprint(cfg, role) for role in (None, "teacher", "student")}
+    assert stamps == {role: WORLD.fingerprint(dataclasses.replace(cfg, threads=1), role) for role in stamps}
+    assert WORLD.fingerprint(dataclasses.replace(cfg, n_heldout=9)) != stamps[None]
+    assert WORLD.fingerprint(dataclasses.replace(cfg, n_heldout=9), "teacher") == stamps["teacher"]
+    # A chat template that renders prompts otherwise changes every part (the build before the
+    # shared one did not hash it), and the stamps of that build are then no longer accepted.
+    monkeypatch.setattr(WORLD, "tokenizer", dataclasses.replace(WORLD.tokenizer, chat_template="{{ messages }}"))
+    for role, stamp in stamps.items():
+        assert WORLD.fingerprint(cfg, role) != stamp and WORLD.accepted(cfg, role) == {WORLD.fingerprint(cfg, role)}
+
+
+def test_the_thread_count_does_not_change_sft(tok):
+    """Why ``threads`` is not fingerprinted: the student's first SFT steps are bitwise the same on
+    1 and 2 threads (its real shape: the matmuls are wide enough to be split)."""
+    import torch
+
+    from opsd.toy.build import WORLD, WorldConfig
+
+    cfg = WorldConfig()
+    cfg = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, steps=3))
+    weights, before = [], torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            weights.append(WORLD.train_sft(tok, cfg, "student")[0].state_dict())
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(v, weights[1][k]) for k, v in weights[0].items())
+
+
+def test_committed_worlds_are_current_without_a_rebuild():
+    """The committed worlds were stamped by the builders before the shared one (other hash
+    inputs); their config and tokenizer are unchanged, so every part is still accepted."""
+    from opsd.toy import agent_build, build
+
+    for world, folder in ((build.WORLD, "artifacts/toy"), (agent_build.WORLD, "artifacts/agent_toy")):
+        root, cfg = ROOT / folder, world.default_config()
+        assert json.loads((root / "build_info.json").read_text())["fingerprint"] in world.accepted(cfg)
+        assert all(world.model_valid(root / role, cfg, role) for role in ("teacher", "student"))
+        changed = dataclasses.replace(cfg, seed=1)
+        assert not any(world.model_valid(root / role, changed, role) for role in ("teacher", "student"))
+
+
+# --- SFT ------------------------------------------------------------------------------------------
+
+
 def test_constant_lr_schedule_has_no_decay():
-    from opsd.toy.build import ModelSpec, lr_at
+    from opsd.toy.world import ModelSpec, lr_at
 
     spec = ModelSpec(layers=1, hidden=8, heads=1, kv_heads=1, intermediate=8, steps=100, warmup_steps=10,
                      min_lr_ratio=1.0)
@@ -190,17 +279,16 @@ def test_constant_lr_schedule_has_no_decay():
 def test_constant_lr_checkpoint_equals_a_shorter_build(tok):
     """With min_lr_ratio=1 the weights after k steps of a longer SFT run are those of a run with
     steps=k (same data stream, same lr sequence): a run's checkpoints are candidate students."""
-    import dataclasses
-
     import torch
 
-    from opsd.toy.build import quick_config, train_sft
+    from opsd.toy.build import WORLD, quick_config
 
     cfg = quick_config()
-    long = dataclasses.replace(cfg.student, steps=5, warmup_steps=2, min_lr_ratio=1.0)
+    long = dataclasses.replace(cfg, student=dataclasses.replace(cfg.student, steps=5, warmup_steps=2, min_lr_ratio=1.0))
     seen = {}
-    train_sft("s", long, tok, cfg, 1, callback=lambda step, m: seen.setdefault(step, {
+    WORLD.train_sft(tok, long, "student", callback=lambda step, m: seen.setdefault(step, {
         k: v.detach().clone() for k, v in m.state_dict().items()}))
-    short, _ = train_sft("s", dataclasses.replace(long, steps=3), tok, cfg, 1)
+    short = WORLD.train_sft(tok, dataclasses.replace(long, student=dataclasses.replace(long.student, steps=3)),
+                            "student")[0]
     assert all(torch.equal(seen[3][k], v) for k, v in short.state_dict().items())
     assert not all(torch.equal(seen[5][k], v) for k, v in short.state_dict().items())

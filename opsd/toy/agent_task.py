@@ -34,17 +34,15 @@ Train and held-out questions are disjoint by construction (split = hash of the q
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import random
 import re
 import string
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
-SPLITS = ("train", "heldout")
+from opsd.toy.rows import draw, hash_split
+
 ATTRIBUTES = ("age", "height", "weight")
 ARG = "who"  # the one argument of every tool
 NAMES = string.ascii_uppercase
@@ -151,25 +149,12 @@ def sample_question(rng: random.Random, cfg: AgentTaskConfig = AgentTaskConfig()
 
 def split_of(question: Question, cfg: AgentTaskConfig = AgentTaskConfig()) -> str:
     """'heldout' for a fixed hash-defined share of question texts, else 'train'."""
-    digest = hashlib.sha256(question.prompt.encode()).hexdigest()
-    return "heldout" if int(digest[:8], 16) % 1000 < cfg.heldout_per_mille else "train"
+    return hash_split(question.prompt, cfg.heldout_per_mille)
 
 
 def make_questions(n: int, seed: int, split: str = "train", cfg: AgentTaskConfig = AgentTaskConfig()) -> List[Question]:
     """``n`` questions of ``split`` with distinct texts, deterministic in (n, seed, split, cfg)."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    cfg.validate()
-    rng = random.Random(f"agent-{seed}-{split}")  # string seeds are stable across Python runs
-    seen, out = set(), []
-    for _ in range(200 * n + 10_000):  # bounded: a tiny question space must fail, not hang
-        if len(out) == n:
-            return out
-        q = sample_question(rng, cfg)
-        if q.prompt not in seen and split_of(q, cfg) == split:
-            seen.add(q.prompt)
-            out.append(q)
-    raise ValueError(f"could draw only {len(out)} distinct {split} questions of {n}; widen the AgentTaskConfig")
+    return draw(n, f"agent-{seed}-{split}", split, cfg, sample_question, lambda q: q.prompt, split_of, "questions")
 
 
 def tool_call_text(attr: str, who: str) -> str:
@@ -199,21 +184,7 @@ def extract_answer(text: Optional[str]) -> Optional[str]:
     return matches[-1] if matches else None
 
 
-def write_rows(out_dir, n_train: int, n_heldout: int, seed: int,
-               cfg: AgentTaskConfig = AgentTaskConfig()) -> Dict[str, str]:
-    """Write ``train.jsonl`` and ``heldout.jsonl`` (one :meth:`Question.row` per line); return paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for split, lines in expected_lines(n_train, n_heldout, seed, cfg).items():
-        path = out_dir / f"{split}.jsonl"
-        tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in lines))
-        os.replace(tmp, path)  # atomic: a crash never leaves a half-written file
-        paths[split] = str(path)
-    return paths
-
-
-def expected_lines(n_train: int, n_heldout: int, seed: int, cfg: AgentTaskConfig) -> Dict[str, Sequence[str]]:
+def expected_lines(n_train: int, n_heldout: int, seed: int, cfg: AgentTaskConfig) -> Dict[str, List[str]]:
+    """The lines of ``train.jsonl`` and ``heldout.jsonl``: one :meth:`Question.row` per line."""
     return {split: [json.dumps(q.row()) for q in make_questions(n, seed, split, cfg)]
             for split, n in (("train", n_train), ("heldout", n_heldout))}

@@ -1,13 +1,14 @@
 """The agentic toy world's tokenizer (characters plus a few word pieces), with a tool-aware chat
 template.
 
-Separate from :mod:`opsd.toy.tokenizer` (the math world's ids stay as they are). One token per
-character of ALPHABET (printable ASCII: JSON tool calls and the loop's error texts fit), Qwen-style
-control tokens split off first, and PIECES: multi-character tokens for the JSON glue of a tool call,
-the tool names and the role names, matched greedily before single characters -- like a BPE
-vocabulary, where a call costs ~9 tokens instead of ~50 characters. Why: at one token per
-character a gold episode was ~230 tokens of which a handful decide anything, and a 3-layer teacher
-was still at ~2 % after 400 SFT steps (it learned the JSON, not which entity to look up).
+Built by :mod:`opsd.toy.tokenizer`'s builder, with ids of its own (the math world's stay as they
+are). One token per character of ALPHABET (printable ASCII: JSON tool calls and the loop's error
+texts fit), Qwen-style control tokens split off first, and PIECES: multi-character tokens for
+the JSON glue of a tool call, the tool names and the role names, matched greedily before single
+characters -- like a BPE vocabulary, where a call costs ~9 tokens instead of ~50 characters.
+Why: at one token per character a gold episode was ~230 tokens of which a handful decide
+anything, and a 3-layer teacher was still at ~2 % after 400 SFT steps (it learned the JSON, not
+which entity to look up).
 
 As with any BPE tokenizer, text has several id spellings: the ids ``a g e`` decode to ``age``,
 which encodes back to the one piece ``age``. A model may sample either; the agent loop never
@@ -38,18 +39,13 @@ Assistant turns sit in ``{% generation %}`` so ``return_assistant_tokens_mask=Tr
 """
 from __future__ import annotations
 
-import re
 import string
-from pathlib import Path
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
-
-from opsd.toy.tokenizer import EOS, END_THINK, IM_START, PAD, THINK, UNK
+from opsd.toy.tokenizer import EOS, GENERATION_PROMPT, ToyTokenizer  # noqa: F401 (EOS: the end of a turn)
 
 TOOL_CALL, END_TOOL_CALL, TOOL_RESPONSE, END_TOOL_RESPONSE = (
     "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
-SPECIAL_TOKENS = [PAD, IM_START, EOS, THINK, END_THINK, UNK]
-TOOL_TOKENS = [TOOL_CALL, END_TOOL_CALL, TOOL_RESPONSE, END_TOOL_RESPONSE]
+TOOL_TOKENS = (TOOL_CALL, END_TOOL_CALL, TOOL_RESPONSE, END_TOOL_RESPONSE)
 ALPHABET = "\n " + string.digits + string.ascii_lowercase + string.ascii_uppercase + string.punctuation
 # Word pieces (ids after the characters). The tool names must match opsd.toy.agent_task.ATTRIBUTES.
 PIECES = ('{"name":"', '","arguments":{"', '":"', '"}}', "who", "age", "height", "weight",
@@ -94,51 +90,10 @@ CHAT_TEMPLATE = (
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
     "{%- endif %}"
     "{%- endfor %}"
-    "{%- if add_generation_prompt %}"
-    "{{- '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false %}"
-    "{{- '<think>\\n\\n</think>\\n\\n' }}"
-    "{%- endif %}"
-    "{%- endif %}"
+    + GENERATION_PROMPT
 )
 
 
-def vocab() -> dict:
-    """token -> id: control tokens, tool markers, then the characters."""
-    return {tok: i for i, tok in enumerate(SPECIAL_TOKENS + TOOL_TOKENS + list(ALPHABET) + list(PIECES))}
-
-
-def padded_vocab_size(multiple: int = 64) -> int:
-    """The models' embedding rows: the vocab rounded up, so matmuls get aligned widths."""
-    n = len(vocab())
-    return (n + multiple - 1) // multiple * multiple
-
-
-def build_tokenizer():
-    """The tokenizer as a ``PreTrainedTokenizerFast`` (in memory)."""
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.WordLevel(vocab=vocab(), unk_token=UNK))
-    # One pre-token per piece (longest first) or else per character ([\s\S] also matches
-    # newlines); Fuse joins them on decode.
-    pieces = "|".join(re.escape(p) for p in sorted(PIECES, key=len, reverse=True))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(pieces + r"|[\s\S]"), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    backend.add_special_tokens(SPECIAL_TOKENS)
-    # Tool markers: matched whole before pre-tokenization, but not "special" (as in Qwen3).
-    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_TOKENS])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token=PAD, eos_token=EOS, unk_token=UNK,
-        extra_special_tokens=[IM_START, THINK, END_THINK],
-        chat_template=CHAT_TEMPLATE,
-        padding_side="left",  # generation pads on the left; training code pads explicitly
-        clean_up_tokenization_spaces=False,
-        model_max_length=1024,
-    )
-
-
-def save_tokenizer(out_dir) -> str:
-    """Write the tokenizer folder (tokenizer.json, tokenizer_config.json, chat_template.jinja)."""
-    build_tokenizer().save_pretrained(str(Path(out_dir)))
-    return str(out_dir)
+AGENT = ToyTokenizer(ALPHABET, CHAT_TEMPLATE, markers=TOOL_TOKENS, pieces=PIECES, model_max_length=1024)
+vocab, padded_vocab_size = AGENT.vocab, AGENT.padded_vocab_size
+build_tokenizer, save_tokenizer = AGENT.build, AGENT.save

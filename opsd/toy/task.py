@@ -20,16 +20,14 @@ expression text, so no seed or count can make them overlap.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import random
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-SPLITS = ("train", "heldout")
+from opsd.toy.rows import draw, hash_split, write_splits
+
 ANSWER_RE = re.compile(r"Answer:\s*(-?\d+)")
 
 
@@ -116,25 +114,12 @@ def sample_problem(rng: random.Random, cfg: TaskConfig = TaskConfig()) -> Proble
 
 def split_of(problem: Problem, cfg: TaskConfig = TaskConfig()) -> str:
     """'heldout' for a fixed hash-defined share of expressions, else 'train'."""
-    digest = hashlib.sha256(problem.expression.encode()).hexdigest()
-    return "heldout" if int(digest[:8], 16) % 1000 < cfg.heldout_per_mille else "train"
+    return hash_split(problem.expression, cfg.heldout_per_mille)
 
 
 def make_problems(n: int, seed: int, split: str = "train", cfg: TaskConfig = TaskConfig()) -> List[Problem]:
     """``n`` distinct problems of ``split``, deterministic in (n, seed, split, cfg)."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    cfg.validate()
-    rng = random.Random(f"{seed}-{split}")  # string seeds are stable across Python runs
-    seen, out = set(), []
-    for _ in range(200 * n + 10_000):  # bounded: a tiny problem space must fail, not hang
-        if len(out) == n:
-            return out
-        p = sample_problem(rng, cfg)
-        if p.expression not in seen and split_of(p, cfg) == split:
-            seen.add(p.expression)
-            out.append(p)
-    raise ValueError(f"could draw only {len(out)} distinct {split} problems of {n}; widen the TaskConfig")
+    return draw(n, f"{seed}-{split}", split, cfg, sample_problem, lambda p: p.expression, split_of, "problems")
 
 
 def solution_text(problem: Problem) -> str:
@@ -158,18 +143,13 @@ def reward(response_text: str, gold_answer: str) -> float:
     return float(got is not None and got == str(gold_answer).strip())
 
 
+def prompt_lines(n_train: int, n_heldout: int, seed: int, cfg: TaskConfig = TaskConfig()) -> Dict[str, List[str]]:
+    """The lines of ``train.jsonl`` and ``heldout.jsonl``: {"prompt", "answer"} per problem."""
+    return {split: [json.dumps({"prompt": p.prompt, "answer": p.answer}) for p in make_problems(n, seed, split, cfg)]
+            for split, n in (("train", n_train), ("heldout", n_heldout))}
+
+
 def write_prompt_files(out_dir, n_train: int, n_heldout: int, seed: int,
                        cfg: TaskConfig = TaskConfig()) -> Dict[str, str]:
-    """Write ``train.jsonl`` and ``heldout.jsonl`` ({"prompt", "answer"} per line); return paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for split, n in (("train", n_train), ("heldout", n_heldout)):
-        path = out_dir / f"{split}.jsonl"
-        tmp = path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w") as f:
-            for p in make_problems(n, seed, split, cfg):
-                f.write(json.dumps({"prompt": p.prompt, "answer": p.answer}) + "\n")
-        os.replace(tmp, path)  # atomic: a crash never leaves a half-written prompt file
-        paths[split] = str(path)
-    return paths
+    """Write ``train.jsonl`` and ``heldout.jsonl`` (atomically); return their paths."""
+    return write_splits(out_dir, prompt_lines(n_train, n_heldout, seed, cfg))

@@ -82,5 +82,5 @@ def test_toy_benchmark_graded_by_the_toy_task(tmp_path, monkeypatch):
 
 def test_toy_missing_names_the_build_step(tmp_path, monkeypatch):
     monkeypatch.setenv("OPSD_TOY_DIR", str(tmp_path / "nope"))
-    with pytest.raises(BenchmarkError, match="opsd.toy.build"):
+    with pytest.raises(BenchmarkError, match="recipes/toy/world.py --world toy"):
         load_benchmark("toy")
