@@ -13,23 +13,10 @@ import torch
 import opsd.losses as losses
 from opsd.losses import (EXTRA_TOPK, DenseLogits, FusedDivergence, HiddenLogits, TeacherTopK, fallback_rows,
                          loss_and_stats, selected_loss_sum, stats_from_sources, take_fallback_rows, token_stats)
+from _loss_checks import closed_form_only as _closed_form_only, no_fallback  # noqa: F401 (autouse)
 
 V, D, DT, N = 41, 6, 5, 23
 LOSSES = ["reverse_kl", "forward_kl", "jsd"]
-
-
-def _closed_form_only():
-    rows = fallback_rows()
-    if rows:
-        take_fallback_rows()  # reported by this test, not again at teardown
-    assert not rows, f"rows fell back to the direct formulas (closed form not finite): {rows}"
-
-
-@pytest.fixture(autouse=True)
-def _no_fallback():
-    take_fallback_rows()
-    yield
-    _closed_form_only()
 
 
 def _problem(seed=0, vpad=V + 3):

@@ -7,22 +7,7 @@ import torch
 from opsd.losses import (DenseLogits, HiddenLogits, TeacherTopK, align_vocab, divergence, fallback_rows,
                          selected_loss_sum, stats_from_sources, take_fallback_rows, token_stats)
 
-
-def _closed_form_only():
-    rows = fallback_rows()
-    if rows:
-        take_fallback_rows()  # reported by this test, not again at teardown
-    assert not rows, f"rows fell back to the direct formulas (closed form not finite): {rows}"
-
-
-@pytest.fixture(autouse=True)
-def _no_fallback():
-    """No row may be redone by the direct formulas (opsd.losses' fallback for a closed form that is
-    not finite): the comparisons below would then check the reference against itself. A test that
-    expects such rows takes them."""
-    take_fallback_rows()
-    yield
-    _closed_form_only()
+from _loss_checks import closed_form_only as _closed_form_only, no_fallback  # noqa: F401 (autouse)
 
 
 def _ref(s, t):
