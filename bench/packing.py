@@ -20,7 +20,8 @@ process's CPU time (all its threads; less disturbed than wall-clock by other job
   attention per sequence (sdpa switched to ``opsd.varlen_attention``, as ``Trainer.setup`` does).
 
 Worlds: ``toy`` = the embedded default (artifacts/toy: Qwen3-architecture student d=96 x 3 layers,
-teacher d=128 x 4; the README's figures were measured with its earlier d=64 x 2 student); ``qwen3-wide`` = random-weight Qwen3-architecture models built here (student
+teacher d=128 x 4; the toy row of docs/scale-out.md reports its padding shares only: its earlier times were
+measured with a d=64 x 2 student); ``qwen3-wide`` = random-weight Qwen3-architecture models built here (student
 d=256 x 4 layers, teacher d=384 x 4, same character tokenizer), at a longer cap. ``padding`` is the
 share of token slots of the forward passes that hold padding, out of all slots.
 """
