@@ -552,7 +552,7 @@ def run_packing(tr, plan: Plan) -> dict:
             rec._sync()
             t0 = time.perf_counter()
             with phase_marks(tr, rec):  # each phase resets the peak: the update's is their max
-                m = tr.update(rollouts, None)
+                m = tr.update(rollouts)
             rec._sync()
             if r:
                 times.append(time.perf_counter() - t0)

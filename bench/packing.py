@@ -137,7 +137,7 @@ def run_world(world: str, repeats: int, seed: int) -> dict:
                 for mode in MODES:
                     set_mode(tr, mode, budget)
                     t0, c0 = time.perf_counter(), time.process_time()
-                    m = tr.update(rollouts, None)
+                    m = tr.update(rollouts)
                     if r:
                         times[mode].append(time.perf_counter() - t0)
                         cpu[mode].append(time.process_time() - c0)

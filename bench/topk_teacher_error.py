@@ -74,7 +74,8 @@ def toy_case(world: Path, n_prompts: int, n: int, max_new_tokens: int, micro_bat
              seed: int, chunk: int):
     """Student rollouts on held-out prompts of a built toy world, scored by :class:`opsd.teacher.Teacher`."""
     from opsd import models
-    from opsd.data import PromptDataset, build_sequences
+    from opsd.batching import build_sequences
+    from opsd.data import PromptDataset
     from opsd.losses import align_vocab
     from opsd.rollout import SamplingConfig
     from opsd.rollout.hf import HFGenerateBackend

@@ -24,15 +24,32 @@ student's update, chunk by chunk and a different number of chunks per rank, so a
 (a collective) would need every rank in step. Instead the head matrix is gathered once at setup
 into a full replica per rank (``V x d_T``: 2.0 GiB for Llama-3.3-70B in bf16, against its 16.4 GiB
 parameter shard at 8 ranks) that stays on the device, as for the unsharded teacher.
+
+The teacher interface (all the trainer calls; :class:`Teacher` is the in-process teacher, a served
+teacher and a teacher with another tokenizer plug in through :func:`build_teacher`):
+
+- ``width``: the logit rows of the teacher's sources (the trainer aligns the vocabulary with it);
+- ``prepare(packing)``: once after setup (packed attention, logging);
+- ``score_phase(batches, vocab_size, meta) -> sources``: one logit source per micro-batch
+  (:class:`~opsd.losses.HiddenLogits`, :class:`~opsd.losses.TeacherTopK`, or anything with
+  ``__len__`` and ``rows(idx)``), consumed chunk by chunk during the student's update, so a source
+  may still be arriving when this returns; ``meta[j]`` is the data row of the step's sequence ``j``
+  (``batch["rows"]`` indexes it). It may zero ``loss_mask`` entries of a batch (rows it cannot
+  score exactly): the trainer counts tokens after it, and the source then has one row per
+  remaining loss position;
+- ``after_update()``, ``metrics() -> dict`` (merged into the step's metrics), ``close()``.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 from torch import nn
 
 from opsd.losses import HiddenLogits, TeacherTopK
+
+log = logging.getLogger("opsd")
 
 
 class _Body(nn.Module):
@@ -73,6 +90,37 @@ class Teacher:
         else:
             self.body = _Body(self.model)
             self.model.to(device if placement == "resident" else "cpu")
+
+    def prepare(self, packing: bool) -> None:
+        """Packed micro-batches need attention that honours packed position ids
+        (:func:`opsd.packing.prepare_attention`); logs a sharded teacher's share on this rank."""
+        if packing:
+            from opsd.packing import prepare_attention
+
+            prepare_attention(self.model, "teacher")
+        if self.sharding == "zero3":
+            import torch.distributed as dist
+
+            local, full = self.param_bytes()
+            head = self.head_weight.numel() * self.head_weight.element_size()
+            log.info("teacher: ZeRO-3 sharded over %d ranks; %.3f of %.3f GiB of parameters on this rank "
+                     "(+ %.3f GiB head replica)", dist.get_world_size() if dist.is_initialized() else 1,
+                     local / 2 ** 30, full / 2 ** 30, head / 2 ** 30)
+
+    def score_phase(self, batches: list, vocab_size: int, meta=None) -> list:
+        """Score every micro-batch of the step first (two-phase); the teacher may then be offloaded."""
+        self.load()
+        sources = [self.score(b["input_ids"], b["attention_mask"], b["loss_mask"], vocab_size, b["position_ids"])
+                   for b in batches]
+        self.offload()
+        return sources
+
+    def after_update(self) -> None:
+        """Back on the device for the next step's scoring phase (no-op if resident)."""
+        self.load()
+
+    def metrics(self) -> dict:
+        return {}
 
     def close(self) -> None:
         """Release a sharded teacher's DeepSpeed engine (its hooks; see Trainer.cleanup)."""
@@ -176,8 +224,34 @@ def sharded_loading(ds_config: dict):
         hf_ds.unset_hf_deepspeed_config()
 
 
-def build_teacher(cfg, device: torch.device, load) -> Teacher:
-    """The teacher of ``cfg.engine`` (placement, sharding); ``load()`` returns the HF model."""
+def build_teacher(cfg, device: torch.device, tokenizer):
+    """The teacher of ``cfg`` behind the interface above: served (``engine.teacher_placement=server``,
+    :mod:`opsd.teacher_service`), with another tokenizer (``model.teacher_tokenizer``,
+    :mod:`opsd.xtok`), or in process (:func:`load_teacher`, the student's tokenizer checked)."""
+    if cfg.engine.teacher_placement == "server":
+        from opsd.teacher_service import build_served_teacher
+
+        return build_served_teacher(cfg, device, tokenizer)
+    if getattr(cfg.model, "teacher_tokenizer", ""):
+        from opsd.xtok import build_cross_tokenizer_teacher
+
+        return build_cross_tokenizer_teacher(cfg, device, tokenizer)
+    from opsd import models
+
+    models.check_same_tokenizer(tokenizer, cfg.model.teacher, cfg.model.trust_remote_code)
+    return load_teacher(cfg, device)
+
+
+def load_teacher(cfg, device: torch.device, path: str = None) -> Teacher:
+    """The in-process teacher of ``cfg.engine`` (placement, sharding), loaded from ``path``
+    (default ``model.teacher``)."""
+    from opsd import models
+
+    m = cfg.model
+
+    def load():
+        return models.load_causal_lm(path or m.teacher, m.dtype, m.attn_implementation, m.trust_remote_code)
+
     e = cfg.engine
     if e.teacher_sharding == "zero3":
         ds = zero3_config(device, cfg.model.dtype, offload=e.teacher_placement == "offload")

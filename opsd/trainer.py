@@ -2,12 +2,15 @@
 
 One optimizer step (DESIGN.md, "The data path of one training step"):
 
-1. ``rollout``: this rank's prompts -> student samples (HF generate or vLLM)
-2. ``reward``: optional verifiable reward per sample (accuracy; reward-weighted distillation)
-3. ``teacher_phase``: frozen teacher scores every micro-batch (then may be offloaded)
-4. ``update``: per micro-batch, :class:`opsd.distill.DistillModule` does the student forward,
-   the statistics pass, the loss hook and the grad pass; backward; one optimizer step
-5. weight sync to the rollout engine, metrics, checkpoint
+1. ``rollout``: this rank's data rows -> scored student rollouts, through the rollout loop the
+   config picks (:class:`opsd.rollout.RolloutLoop`: single-turn generation with an optional
+   verifiable reward, or the agent loop's episodes scored by their environment), on the rollout
+   backend (HF generate or vLLM)
+2. ``update``: rollouts -> micro-batches (:func:`opsd.batching.step_batches`); the teacher scores
+   every micro-batch (``teacher_phase``, :mod:`opsd.teacher`: in process, served or with another
+   tokenizer); per micro-batch, :class:`opsd.distill.DistillModule` does the student forward, the
+   statistics pass, the loss hook and the grad pass; backward; one optimizer step
+3. weight sync to the rollout engine, metrics, checkpoint
 
 Loss aggregation. The loss is the token-mean over the **global** batch (all ranks and
 micro-batches), not a mean of per-rank means: ranks hold different numbers of response tokens.
@@ -16,7 +19,7 @@ over ranks (N: response tokens of the step, N_mb: of this micro-batch index, S_m
 kept); with the default hook (all tokens, w = 1) this is exactly ``sum_t d_t / N`` (TIP Eq. 1).
 DeepSpeed averages gradients over ranks and we call ``backward(scale_wrt_gas=False)``, so the
 local loss is multiplied by the world size to turn that average into the sum. How sequences are
-grouped into micro-batches (:mod:`opsd.packing`: a sequence count or a token budget, padded or
+grouped into micro-batches (:mod:`opsd.batching`: a sequence count or a token budget, padded or
 packed) therefore does not change the default hook's loss or gradient; a selecting hook ranks
 tokens within each micro-batch index, so its choice depends on the grouping.
 """
@@ -38,7 +41,7 @@ from opsd.config import Config, ConfigError
 from opsd.engine import all_gather_host, all_reduce_host, build_engine, init_distributed, pick_device, rank, world_size
 from opsd.losses import take_fallback_rows
 from opsd.metrics import MetricsLogger, format_line, peak_memory_gb, reset_peak_memory
-from opsd.rollout import RolloutEngineError, SamplingConfig, WeightSyncError, make_backend
+from opsd.rollout import RolloutEngineError, SamplingConfig, WeightSyncError, make_backend, make_loop
 
 log = logging.getLogger("opsd")
 
@@ -72,6 +75,20 @@ class Trainer:
         self.resumed_from: Optional[Path] = None
         self._backend_asleep = False
         self.plugin_handles = []
+        self.loop, self._backend = None, None
+
+    @property
+    def backend(self):
+        """The rollout engine: the rollout loop generates with it, the weight sync and the sleep /
+        wake calls go to it. Setting it sets the loop's too (``trainer.loop.backend`` alone changes
+        only what generates)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, engine) -> None:
+        self._backend = engine
+        if getattr(self, "loop", None) is not None:
+            self.loop.backend = engine
 
     # ------------------------------------------------------------------ setup
 
@@ -90,25 +107,19 @@ class Trainer:
 
         tok_path = cfg.model.tokenizer or cfg.model.student
         self.tokenizer = models.load_tokenizer(tok_path, cfg.model.trust_remote_code)
-        models.check_same_tokenizer(self.tokenizer, cfg.model.teacher, cfg.model.trust_remote_code)
-        self.env, self.agent = None, None
-        if cfg.rollout.environment:  # agentic rollouts: rows go to the environment (opsd.environment)
-            from opsd.environment import load_environment
-
-            self.env = load_environment(cfg.rollout.environment, cfg.rollout.environment_options)
+        self.reward_fn = load_reward_fn(cfg.loss.reward_fn)
+        self.loop = make_loop(cfg, self.tokenizer, self.reward_fn)  # single-turn or episodes (opsd.rollout)
         self.train_data = self._prompts(cfg.data.train_files)
         self.sampler = data.PromptSampler(len(self.train_data), cfg.train.prompts_per_step, self.rank, self.world,
                                           seed=cfg.train.seed, shuffle=cfg.data.shuffle)
         self.eval_data = self._prompts(cfg.train.eval_files) if cfg.train.eval_files else None
-        self.reward_fn = load_reward_fn(cfg.loss.reward_fn)
 
         student = models.load_causal_lm(cfg.model.student, cfg.model.dtype, cfg.model.attn_implementation,
                                         cfg.model.trust_remote_code)
         if cfg.model.gradient_checkpointing:
             student.gradient_checkpointing_enable()
-        self.teacher = build_teacher(cfg, self.device, lambda: models.load_causal_lm(
-            cfg.model.teacher, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code))
-        self.vocab_size = models_vocab(student, self.teacher.model, self.tokenizer)
+        self.teacher = build_teacher(cfg, self.device, self.tokenizer)
+        self.vocab_size = models_vocab(student, self.teacher.width, self.tokenizer)
         self._check_layout(student)
         module = DistillModule(student.to(self.device), self.vocab_size, cfg.loss.type, cfg.loss.jsd_beta,
                                cfg.loss.chunk_size, cfg.loss.impl, cfg.engine.zero_stage)
@@ -116,18 +127,9 @@ class Trainer:
         self.student = self.engine.module.model
         self.backend = make_backend(cfg.rollout, self.student, self.tokenizer, cfg.model.student,
                                     dtype=cfg.model.dtype, seed=cfg.train.seed)
+        self.engine.module.group_names = dict(self.loop.group_names)
         self.sampling = SamplingConfig(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k,
                                        cfg.rollout.max_new_tokens, cfg.rollout.n)
-        if self.env is not None:
-            from opsd.rollout.agent import ROLE_NAMES, AgentConfig, AgentLoop
-
-            self.engine.module.group_names = dict(ROLE_NAMES)
-
-            try:
-                self.agent = AgentLoop(self.backend, self.tokenizer, self.env,
-                                       AgentConfig.from_rollout(cfg.rollout, cfg.data.enable_thinking))
-            except ValueError as e:  # unknown parser, a template without tool support
-                raise ConfigError(f"rollout.environment={cfg.rollout.environment}: {e}") from None
 
         resume_from = checkpoint.find_resume(str(self.out_dir), cfg.train.resume)
         self.logger = MetricsLogger(str(self.out_dir), cfg.to_dict(), enabled=self.rank == 0,
@@ -143,15 +145,8 @@ class Trainer:
         return self
 
     def _prompts(self, files):
-        from opsd.data import EpisodeRows, PromptDataset
-
-        if self.env is not None:
-            return EpisodeRows.from_files(files)
-        d = self.cfg.data
-        return PromptDataset.from_files(files, self.tokenizer, d.max_prompt_length, prompt_field=d.prompt_field,
-                                        answer_field=d.answer_field, messages_field=d.messages_field,
-                                        system_prompt=d.system_prompt, prompt_template=d.prompt_template,
-                                        enable_thinking=d.enable_thinking)
+        """The data set of ``files`` as the rollout loop reads it (prompts, or episode rows)."""
+        return self.loop.load_rows(files)
 
     def _check_batch_shape(self) -> None:
         t, r, e = self.cfg.train, self.cfg.rollout, self.cfg.engine
@@ -174,12 +169,7 @@ class Trainer:
 
         if self.cfg.engine.packing:
             packing.prepare_attention(student, "student")
-            packing.prepare_attention(self.teacher.model, "teacher")
-        if self.teacher.sharding == "zero3":
-            local, full = self.teacher.param_bytes()
-            head = self.teacher.head_weight.numel() * self.teacher.head_weight.element_size()
-            log.info("teacher: ZeRO-3 sharded over %d ranks; %.3f of %.3f GiB of parameters on this rank "
-                     "(+ %.3f GiB head replica)", self.world, local / 2 ** 30, full / 2 ** 30, head / 2 ** 30)
+        self.teacher.prepare(self.cfg.engine.packing)
 
     def _activate_plugins(self) -> None:
         from opsd.plugins import registry
@@ -237,53 +227,20 @@ class Trainer:
         reset_peak_memory(self.device)
         items = self.train_data.batch(self.sampler.next_batch())
         rollouts, gen_s = self.rollout(items)
-        answers = [items[i].get("answer") for i in rollouts.prompt_index]
-        rewards = self.reward(rollouts, answers)
-        agent_metrics = self._agent_metrics(rollouts) if self.agent is not None else {}
-        if agent_metrics:
-            self._check_score_errors(rollouts, agent_metrics["agent/score_errors"])
-        metrics = self.update(rollouts, rewards)
+        loop_metrics = self.loop.step_metrics(rollouts, self.world)
+        why = self.loop.failure(rollouts, loop_metrics)
+        if why:  # every rank sees the same all-reduced metrics, so every rank stops
+            raise TrainingAborted(f"step {self.step + 1}: {why}\nStopped without training step {self.step + 1}; "
+                                  f"{self._resume_hint()}")
+        metrics = self.update(rollouts)
         metrics.update(gen_time_s=gen_s, step_time_s=time.time() - t0, peak_mem_gb=peak_memory_gb(self.device),
                        lr=self.scheduler.get_last_lr()[0],
                        response_len=rollouts.num_response_tokens / max(1, len(rollouts)))
-        if rewards is not None:
-            acc = all_reduce_host(torch.tensor([sum(rewards), len(rewards)], dtype=torch.float64))
+        if rollouts.rewards is not None:
+            acc = all_reduce_host(torch.tensor([sum(rollouts.rewards), len(rollouts.rewards)], dtype=torch.float64))
             metrics["accuracy"] = (acc[0] / acc[1].clamp_min(1)).item()
-        metrics.update(agent_metrics)
+        metrics.update(loop_metrics)
         return metrics
-
-    def _agent_metrics(self, rollouts) -> dict:
-        """Episode metrics over all ranks: per-episode means of turns, tool calls (ok / failed), cut
-        episodes, reward and sub-scores; the share of response tokens that are not trained."""
-        from opsd.rollout.agent import episode_metrics
-
-        local = episode_metrics(rollouts)
-        keys = sorted(local)
-        if self.world > 1:  # sub-score names may differ between ranks: agree on the union first
-            names = [None] * self.world
-            dist.all_gather_object(names, keys)
-            keys = sorted(set(k for ks in names for k in ks))
-        tot = all_reduce_host(torch.tensor([local.get(k, 0.0) for k in keys], dtype=torch.float64))
-        m = dict(zip(keys, tot.tolist()))
-        n = max(m.pop("episodes"), 1.0)
-        sampled, total = m.pop("sampled_tokens"), m.pop("response_tokens")
-        scored = {k[len("scored/"):]: m.pop(k) for k in list(m) if k.startswith("scored/")}
-        out = {f"agent/{k}": v / (scored[k[6:]] if k.startswith("score/") else n) for k, v in m.items()}
-        out.update({f"agent/score_missing/{k}": 1.0 - c / n for k, c in scored.items()})
-        out["agent/masked_share"] = 1.0 - sampled / total if total else 0.0
-        return out
-
-    def _check_score_errors(self, rollouts, share: float) -> None:
-        """Past ``rollout.max_score_error_share`` of episodes whose scorer raised, stop (every rank
-        sees the same all-reduced share, so every rank stops) before the step trains on them."""
-        limit = self.cfg.rollout.max_score_error_share
-        if share <= limit:
-            return
-        errors = [e.score_error for e in rollouts.episodes if e.score_error is not None]
-        raise TrainingAborted(
-            f"step {self.step + 1}: the environment's scorer raised on {share:.1%} of the episodes, more than "
-            f"rollout.max_score_error_share={limit:g}" + (f" (first on this rank: {errors[0]})" if errors else "")
-            + f"\nStopped without training step {self.step + 1}; {self._resume_hint()}")
 
     def rollout(self, items: List[dict]):
         """Samples of the current policy for this rank's prompts (seeded per step and rank)."""
@@ -293,9 +250,7 @@ class Trainer:
 
         def generate():
             self._wake_backend()
-            if self.agent is not None:
-                return self.agent.run(items, self.sampling)
-            return self.backend.generate([it["prompt_ids"] for it in items], self.sampling)
+            return self.loop.run(items, self.sampling)
 
         rollouts = self._on_every_rank(generate)
         return rollouts, time.time() - t
@@ -324,103 +279,70 @@ class Trainer:
             raise err
         return out
 
-    def reward(self, rollouts, answers) -> Optional[List[float]]:
-        if self.agent is not None:  # the environment scored each episode
-            return rollouts.rewards
-        if self.reward_fn is None:
-            return None
-        texts = self.tokenizer.batch_decode(rollouts.response_ids, skip_special_tokens=True)
-        return [float(self.reward_fn(t, a)) if a is not None else 0.0 for t, a in zip(texts, answers)]
+    def update(self, rollouts) -> dict:
+        """One optimizer step on the rollouts: micro-batches, teacher scoring, forward/backward per
+        micro-batch, the step's totals over all ranks, weight sync."""
+        from opsd.batching import StepTotals, padding_tokens, step_batches
 
-    def update(self, rollouts, rewards) -> dict:
-        from opsd.data import build_sequences
-
-        agentic = self.agent is not None
-        seq = build_sequences(rollouts.prompt_ids, rollouts.response_ids, self.tokenizer.pad_token_id,
-                              self.tokenizer.eos_token_id, response_masks=rollouts.response_mask if agentic else None,
-                              token_groups=rollouts.token_roles if agentic else None)
-        seq["loss_mask"] = seq["loss_mask"].long()
-        batches = self.micro_batches(seq)
-        counts = torch.tensor([float(b["loss_mask"].sum()) for b in batches], dtype=torch.float64)
-        counts = all_reduce_host(counts)  # (n_micro,) response tokens per micro-batch index, all ranks
-        n_step = float(counts.sum())
-        metrics = {"empty_responses": seq["num_empty_responses"]}
-        if seq["num_empty_responses"]:  # documented skip: such samples contribute no loss position
-            log.info("step %d: %d empty responses have no loss tokens", self.step + 1, seq["num_empty_responses"])
-        if n_step == 0:  # documented skip: nothing to learn from, no optimizer step
+        step = step_batches(rollouts, self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, self.cfg.engine,
+                            lambda mask, n: self.reward_token_weights(mask, rollouts.rewards, n))
+        if step.oversize:
+            log.info("step %d: %d sequence(s) longer than engine.micro_batch_tokens=%d got a micro-batch of "
+                     "their own", self.step + 1, len(step.oversize), self.cfg.engine.micro_batch_tokens)
+        metrics = {"empty_responses": step.num_empty_responses}
+        if step.num_empty_responses:  # documented skip: such samples contribute no loss position
+            log.info("step %d: %d empty responses have no loss tokens", self.step + 1, step.num_empty_responses)
+        if step.tokens == 0:  # documented skip: nothing to learn from, no optimizer step
             log.warning("step %d: every response token is masked (empty responses); step skipped", self.step + 1)
             return {**metrics, "loss": 0.0, "skipped": 1}
-        token_w = self.reward_token_weights(seq["loss_mask"], rewards, n_step)
 
-        from opsd.packing import padding_tokens, row_slices, take_tokens
-
-        row_tokens = row_slices(seq["loss_mask"])  # each row's part of the flat token weights
         self._sleep_backend()  # training phase: teacher forward + student update
-        sources = self.teacher_phase(batches)
-        totals, diag_parts = torch.zeros(8, dtype=torch.float64), []
+        sources = self.teacher_phase(step.batches, rollouts.rows)
+        if step.count() == 0:  # counted again: the teacher may have left rows out (opsd.teacher)
+            log.warning("step %d: the teacher left no response token to train on; step skipped", self.step + 1)
+            self.teacher.after_update()
+            return {**metrics, "loss": 0.0, "skipped": 1}
+
+        totals, diag_parts, dev = StepTotals(), [], self.device
         skipped_before = self.engine.skipped_steps
-        for i, (b, src) in enumerate(zip(batches, sources)):
-            dev = self.device
+        for i, (b, src) in enumerate(zip(step.batches, sources)):
             # One optimizer step per update, at the last micro-batch: their number varies by step
             # with a token budget, while DeepSpeed's gradient_accumulation_steps is fixed at setup.
-            self.engine.set_gradient_accumulation_boundary(i == len(batches) - 1)
+            self.engine.set_gradient_accumulation_boundary(i == len(step.batches) - 1)
             loss_sum, stats, sel, kept = self.engine(b["input_ids"].to(dev), _to(b["attention_mask"], dev),
-                                                     b["loss_mask"].to(dev), src,
-                                                     take_tokens(token_w, row_tokens, b["rows"]),
+                                                     b["loss_mask"].to(dev), src, b["token_weights"],
                                                      token_groups=_to(b.get("token_groups"), dev),
                                                      position_ids=_to(b["position_ids"], dev))
-            scale = float(counts[i]) / (n_step * max(kept, 1))
+            scale = float(step.counts[i]) / (step.tokens * max(kept, 1))
             self.engine.backward(loss_sum * scale * self.world, scale_wrt_gas=False)
             self.engine.step()
-            totals += torch.tensor([loss_sum.item() * scale, stats.reverse_kl.sum().item(),
-                                    stats.entropy.sum().item(), stats.teacher_entropy.sum().item(), len(sel.indices),
-                                    *padding_tokens(b), not b["rows"]], dtype=torch.float64)
-            diag_parts.append((sel.diagnostics, float(counts[i]) / n_step))
-        self.teacher.load()  # back on the device for the next step's scoring phase (no-op if resident)
-        # totals[8]: rows the closed-form loss redid by autograd (opsd.losses, warned once there)
-        totals = all_reduce_host(torch.cat([totals, totals.new_tensor([take_fallback_rows()])]))
-        metrics.update(micro_batches=len(batches), empty_micro_batches=int(totals[7].item()),
-                       padding_frac=totals[5].item() / max(totals[6].item(), 1.0),  # of all ranks' token slots
-                       loss_fallback_rows=int(totals[8].item()))
+            padding, slots = padding_tokens(b)
+            totals.add(loss=loss_sum.item() * scale, reverse_kl=stats.reverse_kl.sum().item(),
+                       entropy=stats.entropy.sum().item(), teacher_entropy=stats.teacher_entropy.sum().item(),
+                       kept=len(sel.indices), padding=padding, slots=slots, empty_micro_batches=float(not b["rows"]))
+            diag_parts.append((sel.diagnostics, step.share(i)))
+        self.teacher.after_update()
+        totals.add(fallback_rows=take_fallback_rows())  # rows the closed-form loss redid by autograd (warned there)
+        totals = totals.all_reduced()
         self._on_every_rank(self._sync_weights)
         grad_norm = self.engine.get_global_grad_norm()
-        metrics.update(loss=totals[0].item(), reverse_kl=totals[1].item() / n_step, entropy=totals[2].item() / n_step,
-                       teacher_entropy=totals[3].item() / n_step, kept_frac=totals[4].item() / n_step,
-                       tokens=n_step, grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+        n = step.tokens
+        metrics.update(loss=totals.loss, reverse_kl=totals.reverse_kl / n, entropy=totals.entropy / n,
+                       teacher_entropy=totals.teacher_entropy / n, kept_frac=totals.kept / n, tokens=n,
+                       micro_batches=len(step.batches), empty_micro_batches=int(totals.empty_micro_batches),
+                       padding_frac=totals.padding / max(totals.slots, 1.0),  # of all ranks' token slots
+                       loss_fallback_rows=int(totals.fallback_rows),
+                       grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
                        skipped=int(self.engine.skipped_steps > skipped_before),
-                       **hooks.aggregate_diagnostics(diag_parts))
+                       **hooks.aggregate_diagnostics(diag_parts), **self.teacher.metrics())
         if metrics["skipped"]:
             log.warning("step %d: non-finite gradient norm; optimizer step skipped", self.step + 1)
         return metrics
 
-    def micro_batches(self, seq: dict) -> list:
-        """This rank's micro-batches of the step (:mod:`opsd.packing`): ``engine.micro_batch_size``
-        sequences or ``engine.micro_batch_tokens`` tokens each, padded or packed. Every rank gets the
-        same number (empty micro-batches fill up the shorter plans): each forward and backward
-        holds collectives."""
-        from opsd import packing
-
-        e = self.cfg.engine
-        lengths = seq["attention_mask"].sum(dim=1).tolist()  # (B,) prompt + response tokens
-        if e.micro_batch_tokens:
-            plan, oversize = packing.plan_by_tokens(lengths, e.micro_batch_tokens, e.packing)
-            if oversize:
-                log.info("step %d: %d sequence(s) longer than engine.micro_batch_tokens=%d (longest %d tokens) "
-                         "got a micro-batch of their own", self.step + 1, len(oversize), e.micro_batch_tokens,
-                         max(lengths[i] for i in oversize))
-        else:
-            plan = packing.plan_by_count(len(lengths), e.micro_batch_size)
-        n = int(all_reduce_host(torch.tensor([len(plan)]), op=dist.ReduceOp.MAX).item())
-        plan += [[] for _ in range(n - len(plan))]
-        return [packing.collate(seq, rows, self.tokenizer.pad_token_id, e.packing) for rows in plan]
-
-    def teacher_phase(self, batches: list) -> list:
-        """Teacher scores every micro-batch first (two-phase); the teacher may then be offloaded."""
-        self.teacher.load()
-        sources = [self.teacher.score(b["input_ids"], b["attention_mask"], b["loss_mask"], self.vocab_size,
-                                      b["position_ids"]) for b in batches]
-        self.teacher.offload()
-        return sources
+    def teacher_phase(self, batches: list, meta: list) -> list:
+        """The teacher's logit source of every micro-batch (:meth:`opsd.teacher.Teacher.score_phase`);
+        ``meta[j]``: the data row of the step's sequence j."""
+        return self.teacher.score_phase(batches, self.vocab_size, meta)
 
     def reward_token_weights(self, loss_mask: torch.Tensor, rewards, n_step: float) -> Optional[torch.Tensor]:
         """Reward-weighted distillation: per-sample ``w_i = B softmax(r / beta)_i`` over the global
@@ -498,20 +420,15 @@ class Trainer:
 
     def evaluate(self, model_backend=None) -> float:
         """Accuracy (mean reward) on the held-out prompts, greedy, over all ranks."""
-        from opsd.evaluate import accuracy, episode_accuracy
+        from opsd.evaluate import accuracy
 
-        if self.reward_fn is None and self.agent is None:
+        if not self.loop.scored:
             raise ConfigError("train.eval_files needs loss.reward_fn to score answers")
         with self._engine_guard(f"evaluation at step {self.step}"):
             if model_backend is None:
                 self._wake_backend()
-            if self.agent is not None:
-                loop = self.agent if model_backend is None else self.agent.with_backend(model_backend)
-                return episode_accuracy(loop, self.eval_data, self.cfg.train.eval_limit, self.rank, self.world,
-                                        progress=self.cfg.logging.progress and self.rank == 0)
-            return accuracy(model_backend or self.backend, self.tokenizer, self.eval_data, self.reward_fn,
-                            max_new_tokens=self.cfg.rollout.max_new_tokens, limit=self.cfg.train.eval_limit,
-                            rank=self.rank, world=self.world,
+            loop = self.loop if model_backend is None else self.loop.with_backend(model_backend)
+            return accuracy(loop, self.eval_data, self.cfg.train.eval_limit, self.rank, self.world,
                             progress=self.cfg.logging.progress and self.rank == 0)
 
     def save(self) -> None:
@@ -526,13 +443,13 @@ class Trainer:
         for handle in reversed(self.plugin_handles):
             handle.remove()
         self.plugin_handles.clear()
-        if getattr(self, "backend", None) is not None:  # setup may have failed before the backend
+        if self.backend is not None:  # setup may have failed before the backend
             try:
                 self.backend.close()
             except Exception as e:  # a dead engine may fail to shut down; keep the real error visible
                 log.warning("closing the rollout backend failed: %s: %s", type(e).__name__, e)
-        if getattr(self, "env", None) is not None:
-            self.env.close()
+        if self.loop is not None:
+            self.loop.close()
         if hasattr(self, "logger"):
             self.logger.close()
         # DeepSpeed's engines hold autograd hooks (C++ objects that reference Python closures over
@@ -546,11 +463,11 @@ class Trainer:
             self._engines_destroyed = True
 
 
-def models_vocab(student, teacher, tokenizer) -> int:
+def models_vocab(student, teacher_width: int, tokenizer) -> int:
     from opsd.losses import align_vocab
-    from opsd.teacher import output_rows  # the teacher's head may be ZeRO-3 partitioned
+    from opsd.teacher import output_rows  # the student's head may be ZeRO-3 partitioned
 
-    return align_vocab(output_rows(student), output_rows(teacher), len(tokenizer))
+    return align_vocab(output_rows(student), teacher_width, len(tokenizer))
 
 
 def _to(t: Optional[torch.Tensor], device) -> Optional[torch.Tensor]:

@@ -28,10 +28,10 @@ def main():
     tr = Trainer(cfg).setup()
     vocab = [i for i in range(10, 60)]
     tr.backend = FixedRollouts(vocab, tr.tokenizer.eos_token_id)
-    if tr.agent is not None:  # agentic episodes: a scripted policy, identical on every rank
+    if cfg.rollout.environment:  # agentic episodes: a scripted policy, identical on every rank
         from _agent_fakes import ScriptedBackend, lookup_policy
 
-        tr.agent.backend = ScriptedBackend(tr.tokenizer, lookup_policy)
+        tr.loop.backend = ScriptedBackend(tr.tokenizer, lookup_policy)
     tr.save = lambda: None  # this test compares the updates, not checkpoints
     losses, metrics = [], []
     while tr.step < cfg.train.max_steps:

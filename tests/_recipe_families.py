@@ -243,7 +243,7 @@ def _engine_facts(tr) -> dict:
                 student_tied=bool(head is student.get_input_embeddings().weight),
                 selector=hooks.active_selector_name(), loss_type=tr.cfg.loss.type, chunk_size=tr.cfg.loss.chunk_size,
                 loss_impl=tr.cfg.loss.impl, packing=bool(tr.cfg.engine.packing),
-                agentic=tr.agent is not None, backend=tr.backend.name, grad_accum=tr.grad_accum,
+                agentic=bool(tr.cfg.rollout.environment), backend=tr.backend.name, grad_accum=tr.grad_accum,
                 torch_threads=torch.get_num_threads())
 
 

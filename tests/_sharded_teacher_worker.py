@@ -13,8 +13,8 @@ import conftest  # noqa: F401  (offline env)
 import _teardown
 import torch
 
-from opsd import packing
-from opsd.data import build_sequences
+from opsd import batching
+from opsd.batching import build_sequences
 from opsd.engine import init_distributed, rank, world_size
 from opsd.losses import HiddenLogits, stats_from_sources
 from opsd.models import load_causal_lm
@@ -55,7 +55,7 @@ def main():
     result = {"rank": rank(), "world": world_size(), "tokens": n}
     runs = {}
     for layout in ("padded", "packed"):
-        mb = packing.collate(seq, list(range(4)), pad_id=0, packed=layout == "packed")
+        mb = batching.collate(seq, list(range(4)), pad_id=0, packed=layout == "packed")
         runs[layout] = stats(full, mb, student, vocab), stats(sharded, mb, student, vocab)
     pairs = {"padded": runs["padded"], "packed": runs["packed"],  # full vs sharded teacher
              "packed_vs_padded": (runs["padded"][1], runs["packed"][1])}  # sharded teacher, both layouts

@@ -2,7 +2,7 @@
 import pytest
 
 from _agent_fakes import FlakyScoreEnv, KeyValueEnv, ScriptedBackend, build_tool_tokenizer, call_text, rows_of
-from opsd.data import build_sequences
+from opsd.batching import build_sequences
 from opsd.environment import check_arguments, function_schema, load_environment
 from opsd.config import ConfigError
 from opsd.rollout.agent import (ROLE_ANSWER, ROLE_TEMPLATE, ROLE_TEXT, ROLE_TOOL_CALL, AgentConfig, episode_metrics,

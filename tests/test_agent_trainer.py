@@ -6,7 +6,7 @@ import torch
 from _agent_fakes import ScriptedBackend, lookup_policy, rows_of
 from _runs import read_metrics
 from opsd.config import load_config
-from opsd.data import build_sequences
+from opsd.batching import build_sequences
 from opsd.rollout.agent import ROLE_NAMES
 from opsd.rollout.base import SamplingConfig
 from opsd.trainer import Trainer
@@ -22,7 +22,7 @@ def agent_overrides(w, out, steps, extra=()):
 
 def _trainer(w, out, steps, extra=()):
     tr = Trainer(load_config(None, agent_overrides(w, out, steps, extra))).setup()
-    tr.agent.backend = ScriptedBackend(tr.tokenizer, lookup_policy)
+    tr.loop.backend = ScriptedBackend(tr.tokenizer, lookup_policy)
     return tr
 
 
@@ -58,7 +58,7 @@ def test_loss_positions_are_the_sampled_ids_and_teacher_aligns(agent_world, tmp_
     position predicts a token the student sampled."""
     tr = _trainer(agent_world, tmp_path / "run", 1)
     try:
-        roll = tr.agent.run(rows_of("abd"), SamplingConfig(n=1))
+        roll = tr.loop.run(rows_of("abd"), SamplingConfig(n=1))
         seq = build_sequences(roll.prompt_ids, roll.response_ids, tr.tokenizer.pad_token_id,
                               tr.tokenizer.eos_token_id, response_masks=roll.response_mask,
                               token_groups=roll.token_roles)

@@ -13,16 +13,10 @@ import torch  # noqa: E402
 from transformers import BatchEncoding  # noqa: E402
 
 from opsd import data  # noqa: E402
-from opsd.data import (  # noqa: E402
-    PromptDataset,
-    PromptSampler,
-    build_multiturn_sample,
-    build_prompt_messages,
-    build_sequences,
-    encode_chat,
-    load_prompt_dataset,
-    pad_batch,
-)
+from opsd.batching import build_sequences, pad_batch  # noqa: E402
+from opsd.data import PromptDataset, PromptSampler, build_prompt_messages, encode_chat, load_prompt_dataset  # noqa: E402
+
+from _multiturn import build_multiturn_sample  # noqa: E402
 
 from _tiny_tokenizer import NOT_PREFIX_STABLE_TEMPLATE, PLAIN_TEMPLATE, build_tiny_tokenizer  # noqa: E402
 

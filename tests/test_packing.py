@@ -1,4 +1,4 @@
-"""Token-budget micro-batches and sequence packing (opsd/packing.py): the plan covers every sequence
+"""Token-budget micro-batches and sequence packing (opsd/batching.py, opsd/packing.py): the plan covers every sequence
 once within the budget; a packed micro-batch gives the padded one's loss, gradients, statistics and
 TIP selections; packed rows on sdpa run per-sequence attention (opsd/varlen_attention.py) without a
 dense mask and equal the dense-mask result; one update by token budget and/or packed equals the
@@ -11,9 +11,9 @@ import random
 import pytest
 import torch
 
-from opsd import packing, varlen_attention
+from opsd import batching, packing, varlen_attention
 from opsd.config import ConfigError, load_config
-from opsd.data import build_sequences
+from opsd.batching import build_sequences
 from opsd.rollout.base import RolloutBackend, Rollouts
 
 from _runs import run_overrides
@@ -48,7 +48,7 @@ class LongTailRollouts(RolloutBackend):
 def test_token_plan_covers_every_sequence_once_within_budget(packed):
     rng = random.Random(0)
     lengths = [rng.choice([5, 6, 8, 30, 7, 5, 90]) for _ in range(40)]
-    plan, oversize = packing.plan_by_tokens(lengths, 64, packed)
+    plan, oversize = batching.plan_by_tokens(lengths, 64, packed)
     assert sorted(i for rows in plan for i in rows) == list(range(40))
     assert sorted(oversize) == [i for i, n in enumerate(lengths) if n > 64]
     for rows in plan:
@@ -64,19 +64,19 @@ def test_token_plan_covers_every_sequence_once_within_budget(packed):
 def test_collate_packed_has_no_padding_and_positions_restart():
     seq = build_sequences([[5, 6], [7, 8, 9], [4]], [[10, 11, 12], [13], [14, 15]], pad_id=0)
     seq["loss_mask"] = seq["loss_mask"].long()
-    padded = packing.collate(seq, [0, 2], pad_id=0, packed=False)
-    packed = packing.collate(seq, [0, 2], pad_id=0, packed=True)
+    padded = batching.collate(seq, [0, 2], pad_id=0, packed=False)
+    packed = batching.collate(seq, [0, 2], pad_id=0, packed=True)
     assert padded["input_ids"].tolist() == [[5, 6, 10, 11, 12], [4, 14, 15, 0, 0]]
     assert packed["input_ids"].tolist() == [[5, 6, 10, 11, 12, 4, 14, 15]]
     assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2]] and packed["attention_mask"] is None
-    assert packing.padding_tokens(packed) == (0, 8) and packing.padding_tokens(padded) == (2, 10)
+    assert batching.padding_tokens(packed) == (0, 8) and batching.padding_tokens(padded) == (2, 10)
     # the loss positions, and the sequence / offset of each, are those of the padded layout
     assert padded["loss_mask"][padded["attention_mask"].bool()].tolist() == packed["loss_mask"][0].tolist()
     for a, b in zip(packing.sample_and_position(padded["loss_mask"], None),
                     packing.sample_and_position(packed["loss_mask"], packed["position_ids"])):
         assert a.tolist() == b.tolist()
-    empty = packing.collate(seq, [], pad_id=0, packed=True)
-    assert empty["loss_mask"].sum() == 0 and empty["rows"] == [] and packing.padding_tokens(empty) == (1, 1)
+    empty = batching.collate(seq, [], pad_id=0, packed=True)
+    assert empty["loss_mask"].sum() == 0 and empty["rows"] == [] and batching.padding_tokens(empty) == (1, 1)
 
 
 # ------------------------------------------------------------------ one micro-batch: padded == packed
@@ -87,7 +87,7 @@ def _micro_batch(tok, packed):
     responses = [tok.encode(r) for r in ("3 ok", "15", "6, six and more")]
     seq = build_sequences(prompts, responses, tok.pad_token_id, tok.eos_token_id)
     seq["loss_mask"] = seq["loss_mask"].long()
-    return packing.collate(seq, [0, 1, 2], tok.pad_token_id, packed)
+    return batching.collate(seq, [0, 1, 2], tok.pad_token_id, packed)
 
 
 def _run_module(world, attn, packed, selector=None):
@@ -254,7 +254,7 @@ def test_varlen_sdpa_leaves_padded_batches_and_generation_to_sdpa(tiny_world):
 
 def _one_update(world, out, extra, pad_to=None):
     """One Trainer.update on the long-tailed rollouts of step 1; returns (metrics, gradients)."""
-    from opsd import trainer as trainer_mod
+    from opsd import batching as batching_mod
     from opsd.trainer import Trainer
 
     cfg = load_config(None, run_overrides(world, out, 1, ["engine.zero_stage=0", "data.max_prompt_length=32",
@@ -272,13 +272,13 @@ def _one_update(world, out, extra, pad_to=None):
         opt.step = recording_step
         rollouts, _ = tr.rollout(tr.train_data.batch(tr.sampler.next_batch()))
         if pad_to is not None:  # another rank has more micro-batches: this one runs empty ones
-            real = trainer_mod.all_reduce_host
-            trainer_mod.all_reduce_host = lambda t, op=None: t.fill_(pad_to) if t.numel() == 1 else real(t, op)
+            real = batching_mod.all_reduce_host
+            batching_mod.all_reduce_host = lambda t, op=None: t.fill_(pad_to) if t.numel() == 1 else real(t, op)
         try:
-            metrics = tr.update(rollouts, None)
+            metrics = tr.update(rollouts)
         finally:
             if pad_to is not None:
-                trainer_mod.all_reduce_host = real
+                batching_mod.all_reduce_host = real
         metrics["attn"] = (tr.student.config._attn_implementation, tr.teacher.model.config._attn_implementation)
     finally:
         tr.cleanup()

@@ -16,6 +16,7 @@ from _runs import read_metrics as _metrics, run_overrides as _overrides
 
 from opsd import hooks, models
 from opsd.hooks import TokenSelection
+from opsd.rollout import SingleTurn
 from opsd.train import main
 from opsd.trainer import Trainer
 
@@ -139,19 +140,20 @@ def test_reward_weights_ignore_samples_without_tokens():
 
 def test_reward_weighted_run_logs_batch_accuracy_each_step(tiny_world, tmp_path, monkeypatch):
     seen = {"rewards": [], "weights": []}
-    real_reward, real_weights = Trainer.reward, Trainer.reward_token_weights
+    real_run, real_weights = SingleTurn.run, Trainer.reward_token_weights
 
-    def spy_reward(self, rollouts, answers):
-        r = real_reward(self, rollouts, answers)
-        seen["rewards"].append(r)
-        return r
+    def spy_run(self, rows, sampling):
+        out = real_run(self, rows, sampling)
+        if sampling.temperature > 0:  # the training rollouts, not an evaluation
+            seen["rewards"].append(out.rewards)
+        return out
 
     def spy_weights(self, loss_mask, rewards, n_step):
         tw = real_weights(self, loss_mask, rewards, n_step)
         seen["weights"].append((tw, n_step))
         return tw
 
-    monkeypatch.setattr(Trainer, "reward", spy_reward)
+    monkeypatch.setattr(SingleTurn, "run", spy_run)
     monkeypatch.setattr(Trainer, "reward_token_weights", spy_weights)
     out = tmp_path / "run"
     assert main(_overrides(tiny_world, out, 2, [f"loss.reward_fn={__name__}:parity_reward",

@@ -28,7 +28,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from opsd.environment import (Environment, Episode, EpisodeScore, ToolCall, ToolError, Transcript, Turn,
                               check_arguments)
-from opsd.rollout.base import Rollouts, RolloutBackend, SamplingConfig
+from opsd.config import RolloutConfig
+from opsd.rollout.base import RolloutBackend, RolloutLoop, Rollouts, SamplingConfig
 from opsd.rollout.tool_parsers import ToolParser, make_parser
 
 log = logging.getLogger(__name__)
@@ -40,17 +41,20 @@ ROLE_NAMES = {ROLE_TEXT: "text", ROLE_TOOL_CALL: "tool_call", ROLE_ANSWER: "answ
 
 @dataclass
 class AgentConfig:
-    max_turns: int = 8
-    max_episode_tokens: int = 1024  # after the initial prompt: sampled + inserted ids
-    max_new_tokens: int = 256  # per assistant turn
-    tool_timeout_s: float = 10.0
-    tool_parser: str = "qwen3"
+    """The loop's limits; defaults and meaning are those of :class:`opsd.config.RolloutConfig`."""
+
+    max_turns: int = RolloutConfig.max_turns
+    max_episode_tokens: int = RolloutConfig.max_episode_tokens  # after the initial prompt: sampled + inserted ids
+    max_new_tokens: int = RolloutConfig.max_new_tokens  # per assistant turn
+    tool_timeout_s: float = RolloutConfig.tool_timeout_s
+    tool_parser: str = RolloutConfig.tool_parser
     enable_thinking: Optional[bool] = None
+    max_score_error_share: float = RolloutConfig.max_score_error_share
 
     @classmethod
     def from_rollout(cls, r, enable_thinking: Optional[bool] = None) -> "AgentConfig":
         return cls(r.max_turns, r.max_episode_tokens, r.max_new_tokens, r.tool_timeout_s, r.tool_parser,
-                   enable_thinking)
+                   enable_thinking, r.max_score_error_share)
 
 
 @dataclass
@@ -71,13 +75,7 @@ class AgentRollouts(Rollouts):
     prompt (sampled turns and inserted tool turns); ``response_mask[i][t]`` is 1 where token t was
     sampled by the student; ``token_roles`` as ``ROLE_*``; ``episodes[i]`` its record."""
 
-    response_mask: List[List[int]] = field(default_factory=list)
-    token_roles: List[List[int]] = field(default_factory=list)
     episodes: List[EpisodeRecord] = field(default_factory=list)
-
-    @property
-    def rewards(self) -> List[float]:
-        return [e.score.reward for e in self.episodes]
 
 
 class _Live:
@@ -95,8 +93,10 @@ class _Live:
         self.done = False
 
 
-class AgentLoop:
+class AgentLoop(RolloutLoop):
     """``AgentLoop(backend, tokenizer, env, cfg).run(rows, sampling)`` -> :class:`AgentRollouts`."""
+
+    group_names = dict(ROLE_NAMES)
 
     def __init__(self, backend: RolloutBackend, tokenizer, env: Environment, cfg: AgentConfig,
                  parser: Optional[ToolParser] = None):
@@ -106,9 +106,57 @@ class AgentLoop:
         self._glue = _turn_glue(tokenizer, self._template_kw)
         self.think_end = _single_id(tokenizer, "</think>")
 
+    @property
+    def max_new_tokens(self) -> int:
+        return self.cfg.max_new_tokens
+
+    def load_rows(self, files):
+        from opsd.data import EpisodeRows
+
+        return EpisodeRows.from_files(files)
+
     def with_backend(self, backend: RolloutBackend) -> "AgentLoop":
         """The same loop generating with another backend (e.g. the teacher, for its accuracy)."""
         return AgentLoop(backend, self.tokenizer, self.env, self.cfg, self.parser)
+
+    def close(self) -> None:
+        self.env.close()
+
+    def step_metrics(self, rollouts: "AgentRollouts", world: int) -> Dict[str, float]:
+        """Episode metrics over all ranks: per-episode means of turns, tool calls (ok / failed), cut
+        episodes, scorer errors, reward and sub-scores (over the episodes that have each); the share
+        of response tokens that are not trained."""
+        import torch
+
+        from opsd.engine import all_reduce_host
+
+        local = episode_metrics(rollouts)
+        keys = sorted(local)
+        if world > 1:  # sub-score names may differ between ranks: agree on the union first
+            import torch.distributed as dist
+
+            names = [None] * world
+            dist.all_gather_object(names, keys)
+            keys = sorted(set(k for ks in names for k in ks))
+        tot = all_reduce_host(torch.tensor([local.get(k, 0.0) for k in keys], dtype=torch.float64))
+        m = dict(zip(keys, tot.tolist()))
+        n = max(m.pop("episodes"), 1.0)
+        sampled, total = m.pop("sampled_tokens"), m.pop("response_tokens")
+        scored = {k[len("scored/"):]: m.pop(k) for k in list(m) if k.startswith("scored/")}
+        out = {f"agent/{k}": v / (scored[k[6:]] if k.startswith("score/") else n) for k, v in m.items()}
+        out.update({f"agent/score_missing/{k}": 1.0 - c / n for k, c in scored.items()})
+        out["agent/masked_share"] = 1.0 - sampled / total if total else 0.0
+        return out
+
+    def failure(self, rollouts: "AgentRollouts", metrics: Dict[str, float]) -> Optional[str]:
+        """Past ``rollout.max_score_error_share`` of episodes whose scorer raised (every rank sees the
+        same all-reduced share, so every rank stops)."""
+        share, limit = metrics["agent/score_errors"], self.cfg.max_score_error_share
+        if share <= limit:
+            return None
+        errors = [e.score_error for e in rollouts.episodes if e.score_error is not None]
+        return (f"the environment's scorer raised on {share:.1%} of the episodes, more than "
+                f"rollout.max_score_error_share={limit:g}" + (f" (first on this rank: {errors[0]})" if errors else ""))
 
     def run(self, rows: Sequence[Dict[str, Any]], sampling: SamplingConfig) -> AgentRollouts:
         """One episode per row, ``sampling.n`` times each (sample ``i * n + j`` is the j-th of row i)."""
@@ -122,7 +170,9 @@ class AgentLoop:
             if not active:
                 break
             self._turn(active, sampling, last=t == self.cfg.max_turns - 1)
-        return self._collect(live)
+        out = self._collect(live)
+        out.rows = [rows[i] for i in out.prompt_index]
+        return out
 
     def prompt_ids(self, ep: Episode) -> List[int]:
         from opsd.data import _as_id_list
@@ -223,7 +273,7 @@ class AgentLoop:
     # ------------------------------------------------------------------ scoring and output
 
     def _collect(self, live: List[_Live]) -> AgentRollouts:
-        out = AgentRollouts([], [], [], [])
+        out = AgentRollouts([], [], [], [], rewards=[], response_mask=[], token_roles=[])
         for e in live:
             transcript = Transcript(e.messages, e.turns, e.final_text, e.cut)
             score_error = None
@@ -243,6 +293,7 @@ class AgentLoop:
             out.response_mask.append(e.mask)
             out.token_roles.append(e.roles)
             out.episodes.append(EpisodeRecord(transcript, score, len(e.turns), ok, calls - ok, score_error))
+            out.rewards.append(score.reward)
         return out
 
 

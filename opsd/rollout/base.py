@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -40,12 +40,19 @@ class Rollouts:
     Sample ``i * n + j`` is the j-th sample of prompt i. Token lists hold ids only (no padding);
     ``response_ids`` stops at (and includes) the first EOS token when one was generated.
     ``finished[i]`` tells whether sample i ended with EOS (False = cut at max_new_tokens).
+    Single-turn and agentic rollouts share this type (:class:`RolloutLoop`): the trainer reads the
+    same fields from both.
     """
 
     prompt_ids: List[List[int]]
     response_ids: List[List[int]]
     finished: List[bool]
     prompt_index: List[int]  # which input prompt each sample came from
+    # Filled by a rollout loop (:class:`RolloutLoop`), not by a backend:
+    rewards: Optional[List[float]] = None  # per sample; None: no reward function
+    response_mask: Optional[List[List[int]]] = None  # per response token 1 = sampled (trained); None: all
+    token_roles: Optional[List[List[int]]] = None  # per response token, an int role label (metrics per role)
+    rows: Optional[List[dict]] = None  # per sample, the data row its prompt came from
 
     def __len__(self) -> int:
         return len(self.response_ids)
@@ -85,3 +92,66 @@ class RolloutBackend(ABC):
 
     def close(self) -> None:
         """Free resources."""
+
+
+class RolloutLoop(ABC):
+    """A kind of rollout: data rows -> :class:`Rollouts` with rewards (and, for episodes, response
+    masks and token roles). The trainer picks one from the config (:func:`opsd.rollout.make_loop`)
+    and never asks which kind it runs: single-turn generation (:class:`SingleTurn`) and the agent
+    loop (:class:`opsd.rollout.agent.AgentLoop`) are two of them; a third kind is one new class.
+
+    ``backend`` is set after construction (the trainer builds the rollout engine after the student).
+    """
+
+    backend: Optional[RolloutBackend] = None
+    group_names: Dict[int, str] = {}  # names of ``token_roles`` labels (per-group loss metrics)
+    max_new_tokens: int = 256
+    scored: bool = True  # run() fills ``rewards`` (what accuracy needs)
+
+    @abstractmethod
+    def load_rows(self, files: Sequence[str]):
+        """The data set of ``files`` as this kind reads it: ``len()`` and ``batch(indices) -> rows``."""
+
+    @abstractmethod
+    def run(self, rows: Sequence[dict], sampling: SamplingConfig) -> Rollouts:
+        """``sampling.n`` rollouts per row (sample ``i * n + j`` is the j-th of row i), scored."""
+
+    @abstractmethod
+    def with_backend(self, backend: RolloutBackend) -> "RolloutLoop":
+        """The same loop generating with another backend (e.g. the teacher, for its accuracy)."""
+
+    def step_metrics(self, rollouts: Rollouts, world: int) -> Dict[str, float]:
+        """Metrics of the step's rollouts over all ``world`` ranks (collective: every rank calls it)."""
+        return {}
+
+    def failure(self, rollouts: Rollouts, metrics: Dict[str, float]) -> Optional[str]:
+        """Why the step must not train on these rollouts (the trainer stops with it), or None."""
+        return None
+
+    def close(self) -> None:
+        """Free what the loop holds (an environment's sandbox); the backend is closed by its owner."""
+
+
+class SingleTurn(RolloutLoop):
+    """One response per prompt, scored by ``reward_fn(text, answer)`` (rows without an answer: 0)."""
+
+    def __init__(self, tokenizer, reward_fn: Optional[Callable[[str, str], float]], max_new_tokens: int,
+                 load_rows: Optional[Callable] = None, backend: Optional[RolloutBackend] = None):
+        self.tokenizer, self.reward_fn, self.max_new_tokens = tokenizer, reward_fn, max_new_tokens
+        self._load_rows, self.backend = load_rows, backend
+        self.scored = reward_fn is not None
+
+    def load_rows(self, files):
+        return self._load_rows(files)
+
+    def run(self, rows, sampling):
+        out = self.backend.generate([r["prompt_ids"] for r in rows], sampling)
+        out.rows = [rows[i] for i in out.prompt_index]
+        if self.reward_fn is not None:
+            texts = self.tokenizer.batch_decode(out.response_ids, skip_special_tokens=True)
+            answers = [r.get("answer") for r in out.rows]
+            out.rewards = [float(self.reward_fn(t, a)) if a is not None else 0.0 for t, a in zip(texts, answers)]
+        return out
+
+    def with_backend(self, backend):
+        return SingleTurn(self.tokenizer, self.reward_fn, self.max_new_tokens, self._load_rows, backend)

@@ -38,16 +38,17 @@ def teacher_accuracy(trainer, cfg) -> float:
     """The teacher on the run's held-out set, greedy, by the evaluation the student gets
     (``opsd.evaluate``); agentic episodes all in one batch: on CPU a few wide batches are much faster
     than the evaluation's slices of 64."""
-    from opsd.evaluate import accuracy, episode_accuracy
+    from opsd.evaluate import accuracy
+    from opsd.rollout.agent import AgentLoop
     from opsd.rollout.hf import HFGenerateBackend
 
     model, tok, data = trainer.teacher.model, trainer.tokenizer, trainer.eval_data
-    if trainer.agent is None:
-        return accuracy(HFGenerateBackend(model, tok), tok, data, trainer.reward_fn, cfg.rollout.max_new_tokens,
-                        cfg.train.eval_limit, trainer.rank, trainer.world)
+    if not isinstance(trainer.loop, AgentLoop):
+        return accuracy(trainer.loop.with_backend(HFGenerateBackend(model, tok)), data, cfg.train.eval_limit,
+                        trainer.rank, trainer.world)
     n = heldout_count(cfg, data)
-    loop = trainer.agent.with_backend(HFGenerateBackend(model, tok, batch_size=n))
-    return episode_accuracy(loop, data, cfg.train.eval_limit, trainer.rank, trainer.world, batch_size=n)
+    loop = trainer.loop.with_backend(HFGenerateBackend(model, tok, batch_size=n))
+    return accuracy(loop, data, cfg.train.eval_limit, trainer.rank, trainer.world, batch_size=n)
 
 
 def main(argv=None) -> int:

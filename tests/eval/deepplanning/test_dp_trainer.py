@@ -43,7 +43,7 @@ def test_one_agentic_training_step_in_the_travel_env(agent_world, fixture_paths,
                  "rollout.max_episode_tokens=4000", "engine.micro_batch_size=1", "logging.progress=false",
                  "train.export=false", "engine.zero_stage=0"]
     tr = Trainer(load_config(None, overrides)).setup()
-    tr.agent.backend = ScriptedBackend(tr.tokenizer, policy)
+    tr.loop.backend = ScriptedBackend(tr.tokenizer, policy)
     try:
         tr.train()
     finally:
