@@ -40,18 +40,10 @@ BIG_SHAPE = dict(num_hidden_layers=12, hidden_size=768, num_attention_heads=12, 
 
 
 def _random_qwen3(out: Path, tok, shape: dict, seed: int = 0) -> str:
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from _tiny_world import save_tiny_lm
 
-    torch.manual_seed(seed)
-    cfg = Qwen3Config(**{"vocab_size": 128, **shape}, max_position_embeddings=512, initializer_range=0.5,
-                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
-    model = Qwen3ForCausalLM(cfg)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
+    return save_tiny_lm(out, tok, seed=seed, init_range=0.5, **{"vocab_size": 128, **shape},
+                        max_position_embeddings=512)
 
 
 def setup_model(workdir: Path):

@@ -24,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from eval.grading import GradeResult, Grader
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"  # the shared local copy eval.prepare reads
 DATA_ENV = "OPSD_DATA_DIR"
 TOY_ENV = "OPSD_TOY_DIR"  # the toy world's folder (default artifacts/toy)
 

@@ -34,17 +34,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-from eval.benchmarks import BENCHMARKS, REPO_ROOT, HubSource, data_root, file_sha256, read_rows
+from eval.benchmarks import BENCHMARKS, SHARED_DATA, HubSource, data_root, file_sha256, read_rows
+from eval.deepplanning import data as travel
+from eval.deepplanning import files as travel_files
 from eval.templates import strip_dapo_instruction
 
-DEFAULT_SOURCE = REPO_ROOT.parent / "shared" / "data"
+DEFAULT_SOURCE = SHARED_DATA
 DAPO_RELPATH = "DAPO-Math-17k/dapo-math-17k.parquet"
 DAPO_HUB = HubSource("BytedTsinghua-SIA/DAPO-Math-17k", "train")
 # Files copied/downloaded: benchmark name -> (relative path, hub source)
 SOURCE_FILES = {name: (spec.relpath, spec.hub) for name, spec in BENCHMARKS.items() if spec.hub}
 SOURCE_FILES["dapo"] = (DAPO_RELPATH, DAPO_HUB)
 # DeepPlanning travel queries (local copy only): + the tool schema and the 80/20 split (eval.deepplanning.data)
-SOURCE_FILES["deepplanning"] = ("DeepPlanning/travelplanning/travelplanning_query_en.json", None)
+SOURCE_FILES["deepplanning"] = (travel_files.QUERY_RELPATH, None)
 
 
 class PrepareError(RuntimeError):
@@ -199,6 +201,45 @@ def prepare_dapo(parquet: Path, out_dir: Path, seed: int = 0, val_fraction: floa
 
 
 # ---------------------------------------------------------------------------------------------
+# DeepPlanning: tool schema, split, database check
+# ---------------------------------------------------------------------------------------------
+
+def prepare_travel(query_file: Path, root: Path, source: Path, seed: int = 0, force: bool = False) -> str:
+    """Copy the shipped tool schema beside the queries and write the 80/20 split
+    (:mod:`eval.deepplanning.data`); returns a one-line summary."""
+    relpath = travel_files.SCHEMA_RELPATH
+    schema = Path(root) / relpath
+    if force or not schema.is_file():
+        if not (Path(source) / relpath).is_file():
+            raise travel.TaskDataError(f"{Path(source) / relpath} is missing (the shipped travel tool schema)")
+        copy_local(Path(source), relpath, Path(root))
+    out = Path(root) / travel_files.SPLIT_DIR
+    record = travel.write_split(query_file, out, seed)
+    return (f"deepplanning split: {len(record['train'])} train / {len(record['test'])} test tasks (seed {seed}) "
+            f"-> {out}; tool schema {schema}")
+
+
+def check_travel_database(db_dir: str, root: Path, source: Optional[Path] = None) -> int:
+    """``--deepplanning-db DIR``: print every problem of the folder against the 120 queries (or
+    'OK') and the count of duplicated names; 1 when something is missing."""
+    from eval.deepplanning.database import resolve_db_root
+
+    ids = [str(t["id"]) for t in travel.load_queries(travel_files.query_file(str(root), source))]
+    db_root = resolve_db_root(db_dir)
+    problems = travel.check_database(db_root, ids)
+    if problems:
+        shown = problems[:50]
+        print(f"deepplanning database {db_root}: {len(problems)} problem(s) for {len(ids)} tasks:", file=sys.stderr)
+        print("\n".join(f"  {p}" for p in shown), file=sys.stderr)
+        if len(problems) > len(shown):
+            print(f"  ... and {len(problems) - len(shown)} more", file=sys.stderr)
+    else:
+        print(f"deepplanning database {db_root}: OK ({len(ids)} task folders, every CSV and column present)")
+    print(f"deepplanning database {db_root}: {travel.duplicate_summary(db_root, ids)}")
+    return int(bool(problems))
+
+
+# ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
 
@@ -229,11 +270,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         except PrepareError as e:
             raise SystemExit(f"error: {e}") from e
         if name == "deepplanning":  # a JSON list, not rows: eval.deepplanning.data reads it
-            from eval.deepplanning.data import TaskDataError, prepare_travel
-
             try:
                 print(prepare_travel(path, root, source, args.seed, args.force))
-            except TaskDataError as e:
+            except travel.TaskDataError as e:
                 raise SystemExit(f"error: {e}") from e
             continue
         print(f"{name}: {path} ({len(read_rows(path))} rows, sha256 {file_sha256(path)[:12]}…)")
@@ -243,11 +282,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                   f"{info.source_rows} rows ({info.distinct_prompts} distinct, "
                   f"{info.dropped_conflicting} dropped for conflicting answers) -> {root / 'dapo'}")
     if args.deepplanning_db:
-        from eval.deepplanning.data import TaskDataError, check_database_cli
-
         try:
-            bad = check_database_cli(args.deepplanning_db, root, source)
-        except TaskDataError as e:  # e.g. the queries file itself is missing: one line, no traceback
+            bad = check_travel_database(args.deepplanning_db, root, source)
+        except (travel.TaskDataError, FileNotFoundError) as e:  # e.g. no query file: one line, no traceback
             raise SystemExit(f"error: {e}") from None
         if bad:
             raise SystemExit(1)

@@ -16,7 +16,8 @@ sampling, chat template, grading); not the batch size, ``--limit`` or the tags (
 ``options`` and ``tags``),
 so a run may resume with another batch size or a larger limit. A benchmark's version and its
 settings (template text, max_new_tokens) are checked separately when it is resumed. The file is rewritten after every batch of problems
-(write a temporary file, then ``os.replace``), so an interruption loses at most one batch.
+(write a temporary file, then ``os.replace``), so an interruption loses at most one batch: the
+loop that does it, :func:`run_resumable`, is every benchmark's (eval.run's and DeepPlanning's).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 SCHEMA = "opsd-eval/1"
 SMALL_MODEL_BYTES = 64 << 20  # below this the weights are hashed in full
@@ -143,3 +144,36 @@ def save_atomic(path: Path, results: Dict[str, Any]) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def run_resumable(results: Dict[str, Any], bench, settings: Dict[str, Any], out: Path, batch_size: int,
+                  n: int, run_batch: Callable[[list, int], List[Dict[str, Any]]],
+                  update_metrics: Callable[[Dict[str, Any]], None], progress: bool = True) -> Dict[str, Any]:
+    """Run (or resume) one benchmark into ``results``: every benchmark's evaluation loop.
+
+    The problems of ``bench`` not yet in its entry go to ``run_batch(problems, offset)`` in
+    batches of ``batch_size`` (``offset``: the first one's index in the benchmark, for seeds); it
+    returns one record per problem, each with ``n`` samples (checked here, and ``num_correct``
+    filled in). After every batch ``update_metrics(entry)`` runs and the file is rewritten, so an
+    interruption loses at most one batch and a rerun skips what is done."""
+    from tqdm.auto import tqdm
+
+    entry = benchmark_entry(results, bench.name, bench.version, str(bench.path), settings,
+                            len(bench.problems), Path(out))
+    done = {p["id"] for p in entry["problems"]}
+    todo = [(i, p) for i, p in enumerate(bench.problems) if p.id not in done]
+    with tqdm(total=len(bench.problems), initial=len(bench.problems) - len(todo), desc=bench.name,
+              unit="problem", disable=not progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            records = run_batch([p for _, p in chunk], chunk[0][0])
+            for r in records:
+                if len(r["samples"]) != n:
+                    raise RuntimeError(f"{bench.name}: got {len(r['samples'])} samples for problem {r['id']}, "
+                                       f"expected --n {n}")
+                r["num_correct"] = sum(s["correct"] for s in r["samples"])
+            entry["problems"].extend(records)
+            update_metrics(entry)
+            save_atomic(Path(out), results)
+            bar.update(len(chunk))
+    return entry

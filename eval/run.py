@@ -29,7 +29,7 @@ from eval import metrics
 from eval.benchmarks import Benchmark, BenchmarkError, Problem, load_benchmark
 from eval.grading import Grader, GradingConfig
 from eval.results import (EvalConfig, ResultsError, benchmark_entry, model_fingerprint, open_results,
-                          save_atomic)
+                          run_resumable, save_atomic)
 from eval.templates import render, resolve_template
 
 log = logging.getLogger(__name__)
@@ -217,11 +217,6 @@ def run_batch(batch: List[Problem], bench: Benchmark, settings: Dict[str, Any], 
     for ids, finished, i in zip(out.response_ids, out.finished, out.prompt_index):
         text = tokenizer.decode(ids, skip_special_tokens=True)
         records[i]["samples"].append(sample_record(text, ids, finished, bench.grade(text, batch[i].answer, grader)))
-    for r in records:
-        if len(r["samples"]) != args.n:
-            raise RuntimeError(f"backend returned {len(r['samples'])} samples for problem {r['id']}, "
-                               f"expected --n {args.n}")
-        r["num_correct"] = sum(s["correct"] for s in r["samples"])
     return records
 
 
@@ -234,23 +229,10 @@ def evaluate_benchmark(name: str, results: Dict[str, Any], args: RunArgs, backen
         return evaluate_travel(bench, results, args, backend, tokenizer)
     settings = {"template": resolve_template(args.template or bench.spec.template),
                 "max_new_tokens": args.max_new_tokens or bench.spec.max_new_tokens}
-    entry = benchmark_entry(results, name, bench.version, str(bench.path), settings,
-                            len(bench.problems), Path(args.out))
-    done = {p["id"] for p in entry["problems"]}
-    todo = [(i, p) for i, p in enumerate(bench.problems) if p.id not in done]
-    from tqdm.auto import tqdm
-
-    with tqdm(total=len(bench.problems), initial=len(bench.problems) - len(todo), desc=name,
-              unit="problem", disable=not args.progress) as bar:
-        for start in range(0, len(todo), args.batch_size):
-            chunk = todo[start:start + args.batch_size]
-            records = run_batch([p for _, p in chunk], bench, settings, chunk[0][0], args,
-                                backend, tokenizer, grader)
-            entry["problems"].extend(records)
-            update_metrics(entry)
-            save_atomic(Path(args.out), results)
-            bar.update(len(chunk))
-    return entry
+    return run_resumable(results, bench, settings, Path(args.out), args.batch_size, args.n,
+                         lambda batch, offset: run_batch(batch, bench, settings, offset, args, backend,
+                                                         tokenizer, grader),
+                         update_metrics, args.progress)
 
 
 def evaluate(args: RunArgs, backend, tokenizer, grader: Optional[Grader] = None) -> Dict[str, Any]:

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from opsd.weight_sync import iter_hf_weights
+
 STEP_RE = re.compile(r"^step_(\d+)$")
 MARKER = "COMPLETE"
 
@@ -105,9 +107,11 @@ def load(path: Path, engine) -> dict:
 
 
 def export_hf(model, tokenizer, out_dir: str, zero_stage: int) -> None:
-    """Write the student as a plain HF folder (rank 0), gathering ZeRO-3 shards module by module."""
+    """Write the student as a plain HF folder (rank 0), gathering ZeRO-3 shards module by module
+    (:func:`opsd.weight_sync.iter_hf_weights`, collective: every rank runs it). The files hold what
+    a plain ``save_pretrained`` writes: one name per tied parameter, no non-persistent buffers."""
     state = {}
-    for name, tensor in _iter_full_params(model, zero_stage):
+    for name, tensor in iter_hf_weights(model, zero_stage, include_tied=False):
         if _rank() == 0:
             state[name] = tensor.detach().cpu().clone()
     if _rank() == 0:
@@ -118,20 +122,3 @@ def export_hf(model, tokenizer, out_dir: str, zero_stage: int) -> None:
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp, out_dir)
     _barrier()
-
-
-def _iter_full_params(model, zero_stage: int):
-    if zero_stage != 3:
-        yield from model.state_dict().items()
-        return
-    import deepspeed
-
-    for mod_name, mod in model.named_modules():
-        params = list(mod.named_parameters(recurse=False))
-        if not params:
-            continue
-        with deepspeed.zero.GatheredParameters([p for _, p in params], modifier_rank=None):
-            for n, p in params:
-                yield (f"{mod_name}.{n}" if mod_name else n), p
-    for n, b in model.named_buffers():
-        yield n, b

@@ -33,6 +33,7 @@ from typing import Optional, Union
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from opsd.config import LOSS_IMPLS, _choice
 from opsd.hooks import TokenStats
 
 EXTRA_TOPK = 16  # teacher top-k of the adaptive-KL term KL(q~_T || pi_S) (EQUATIONS.md, App. B.1)
@@ -518,9 +519,6 @@ def _chunk_loss(h: torch.Tensor, weight: torch.Tensor, vocab_size: int, t_part, 
     return total
 
 
-IMPLS = ("fused", "autograd", "recompute")
-
-
 @dataclass
 class _Job:
     """What :class:`FusedDivergence` computes over the rows ``indices`` of the teacher source."""
@@ -615,8 +613,7 @@ def selected_loss_sum(student_hidden: torch.Tensor, student_weight: torch.Tensor
     the paper); ``recompute`` checkpoints each chunk and recomputes it in backward.
     The caller divides by the global normalizer (token-mean over the global batch).
     """
-    if impl not in IMPLS:
-        raise ValueError(f"loss.impl={impl!r} is unknown; choose one of {list(IMPLS)}")
+    _choice("loss.impl", impl, LOSS_IMPLS)  # loss.impl's one rule (LossConfig.validate), for direct callers
     if chunk_size <= 0:
         raise ValueError(f"loss.chunk_size must be > 0, got {chunk_size}")
     if impl == "fused":

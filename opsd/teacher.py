@@ -26,7 +26,8 @@ into a full replica per rank (``V x d_T``: 2.0 GiB for Llama-3.3-70B in bf16, ag
 parameter shard at 8 ranks) that stays on the device, as for the unsharded teacher.
 
 The teacher interface (all the trainer calls; :class:`Teacher` is the in-process teacher, a served
-teacher and a teacher with another tokenizer plug in through :func:`build_teacher`):
+teacher (:mod:`opsd.teacher_service`) and a teacher with another tokenizer (:mod:`opsd.xtok`) wrap or
+replace it; :func:`opsd.trainer.build_teacher` picks one from the config):
 
 - ``width``: the logit rows of the teacher's sources (the trainer aligns the vocabulary with it);
 - ``prepare(packing)``: once after setup (packed attention, logging);
@@ -222,24 +223,6 @@ def sharded_loading(ds_config: dict):
         yield
     finally:
         hf_ds.unset_hf_deepspeed_config()
-
-
-def build_teacher(cfg, device: torch.device, tokenizer):
-    """The teacher of ``cfg`` behind the interface above: served (``engine.teacher_placement=server``,
-    :mod:`opsd.teacher_service`), with another tokenizer (``model.teacher_tokenizer``,
-    :mod:`opsd.xtok`), or in process (:func:`load_teacher`, the student's tokenizer checked)."""
-    if cfg.engine.teacher_placement == "server":
-        from opsd.teacher_service import build_served_teacher
-
-        return build_served_teacher(cfg, device, tokenizer)
-    if getattr(cfg.model, "teacher_tokenizer", ""):
-        from opsd.xtok import build_cross_tokenizer_teacher
-
-        return build_cross_tokenizer_teacher(cfg, device, tokenizer)
-    from opsd import models
-
-    models.check_same_tokenizer(tokenizer, cfg.model.teacher, cfg.model.trust_remote_code)
-    return load_teacher(cfg, device)
 
 
 def load_teacher(cfg, device: torch.device, path: str = None) -> Teacher:

@@ -95,7 +95,6 @@ class Trainer:
     def setup(self) -> "Trainer":
         from opsd import data, models
         from opsd.distill import DistillModule
-        from opsd.teacher import build_teacher
 
         cfg = self.cfg
         self.device = pick_device(cfg.engine.device)
@@ -373,9 +372,9 @@ class Trainer:
                 pass
 
     def named_student_weights(self):
-        from opsd.checkpoint import _iter_full_params
+        from opsd.weight_sync import iter_hf_weights
 
-        return _iter_full_params(self.student, self.cfg.engine.zero_stage)
+        return iter_hf_weights(self.student, self.cfg.engine.zero_stage)
 
     # ------------------------------------------------------------------ rollout engine phases, failures
 
@@ -461,6 +460,25 @@ class Trainer:
             if getattr(self, "teacher", None) is not None:
                 self.teacher.close()
             self._engines_destroyed = True
+
+
+def build_teacher(cfg, device: torch.device, tokenizer):
+    """The teacher of ``cfg`` behind :mod:`opsd.teacher`'s interface: served (``engine.teacher_placement=server``,
+    :mod:`opsd.teacher_service`), with another tokenizer (``model.teacher_tokenizer``,
+    :mod:`opsd.xtok`), or in process (:func:`load_teacher`, the student's tokenizer checked)."""
+    if cfg.engine.teacher_placement == "server":
+        from opsd.teacher_service import build_served_teacher
+
+        return build_served_teacher(cfg, device, tokenizer)
+    if getattr(cfg.model, "teacher_tokenizer", ""):
+        from opsd.xtok import build_cross_tokenizer_teacher
+
+        return build_cross_tokenizer_teacher(cfg, device, tokenizer)
+    from opsd import models
+    from opsd.teacher import load_teacher
+
+    models.check_same_tokenizer(tokenizer, cfg.model.teacher, cfg.model.trust_remote_code)
+    return load_teacher(cfg, device)
 
 
 def models_vocab(student, teacher_width: int, tokenizer) -> int:

@@ -1,4 +1,6 @@
-"""Student weights as ``(HF name, tensor)`` pairs, for pushing into a rollout engine (vLLM).
+"""The student's full named weights, gathered under ZeRO-3: ``(HF name, tensor)`` pairs, the
+entries of the model's ``state_dict``. The one way to read them: the weight sync to a rollout engine
+(vLLM; ``Trainer.named_student_weights``) and the HF export (``opsd.checkpoint.export_hf``).
 
 The student may be a plain HF model, a wrapper around one (``opsd.distill.DistillModule``), or a
 DeepSpeed engine around either. Under ZeRO-3 every rank holds only a shard of each parameter, so
@@ -16,6 +18,11 @@ Tied embeddings: HF deduplicates tied parameters (``named_parameters`` shows
 (vLLM does when its model code does not tie, e.g. after a config or quantisation change, and some
 TP layouts shard the two differently), so every alias of a shared parameter is yielded, from the
 one gather. vLLM's Qwen/Llama loaders skip ``lm_head.*`` when they tie, so the extra name is free.
+
+Buffers: the persistent ones are part of the weights (``state_dict`` has them); the
+non-persistent ones (rotary ``inv_freq``, recomputed from the config) are not, and are left out:
+a walk over modules meets them too, and an export that wrote them would add tensors the model
+does not load.
 """
 from __future__ import annotations
 
@@ -72,9 +79,16 @@ def _aliases(model: nn.Module) -> Dict[int, List[str]]:
     return names
 
 
+def _persistent_buffers(mod: nn.Module) -> List[Tuple[str, torch.Tensor]]:
+    """``mod``'s own buffers that its ``state_dict`` holds."""
+    skip = getattr(mod, "_non_persistent_buffers_set", set())
+    return [(n, b) for n, b in mod.named_buffers(recurse=False) if n not in skip]
+
+
 def iter_hf_weights(module: nn.Module, zero_stage: Optional[int] = None, copy: bool = False,
                     include_tied: bool = True) -> Iterator[Tuple[str, torch.Tensor]]:
-    """Yield ``(hf_name, full_tensor)`` for every parameter of the student, in module order.
+    """Yield ``(hf_name, full_tensor)`` for every entry of the student's ``state_dict``
+    (parameters, then each module's persistent buffers), in module order.
 
     ``zero_stage``: the DeepSpeed ZeRO stage the student was wrapped with (``None``: detect from the
     parameters). Stages 0-2 keep full parameters on every rank, so nothing is gathered; stage 3
@@ -89,8 +103,6 @@ def iter_hf_weights(module: nn.Module, zero_stage: Optional[int] = None, copy: b
     gather_possible = zero_stage is None or zero_stage == 3
     for mod_name, mod in model.named_modules():
         own = [p for _, p in mod.named_parameters(recurse=False) if id(p) not in done]
-        if not own:
-            continue
         to_gather = [p for p in own if gather_possible and _is_partitioned(p)]
         with _gathered(to_gather):
             for p in own:
@@ -99,6 +111,9 @@ def iter_hf_weights(module: nn.Module, zero_stage: Optional[int] = None, copy: b
                 for name in names:
                     t = p.detach()
                     yield name, (t.clone() if copy else t)
+        for n, b in _persistent_buffers(mod):  # never partitioned by ZeRO
+            t = b.detach()
+            yield _strip_prefixes(f"{mod_name}.{n}" if mod_name else n), (t.clone() if copy else t)
 
 
 def _gathered(params: List[torch.Tensor]):

@@ -149,18 +149,18 @@ def write_prompts(path: Path, n: int = 8) -> str:
 def write_world(root: Path) -> dict:
     """Models of every recipe (student/teacher folders sharing one tokenizer per recipe), the math
     prompts, the DeepPlanning fixture with its split, and a tiny benchmark data root."""
-    extra = [str(HERE), str(HERE / "eval"), str(HERE / "eval" / "deepplanning")]
+    extra = [str(HERE), str(HERE / "eval")]
     sys.path[:0] = extra  # the tests' helpers, for these imports only
     try:
         from _agent_fakes import build_tool_tokenizer
         from _eval_fakes import write_tiny_data
         from _tiny_tokenizer import build_tiny_tokenizer
-        import make_fixture
     finally:
-        for p in extra:  # by value: make_fixture inserts the repository at the front itself
+        for p in extra:
             sys.path.remove(p)
+    from eval.deepplanning import fixture as make_fixture
     from eval.deepplanning.data import write_split
-    from eval.deepplanning.tools import SCHEMA_RELPATH
+    from eval.deepplanning.files import SCHEMA_RELPATH
 
     root.mkdir(parents=True, exist_ok=True)
     world = {"root": str(root), "math_prompts": write_prompts(root / "prompts.jsonl"), "models": {}}

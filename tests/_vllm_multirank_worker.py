@@ -18,7 +18,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _vllm_world import greedy_mismatches, vllm_env  # noqa: E402
+from _vllm_world import greedy_mismatches, hf_logprobs, max_diff, vllm_env  # noqa: E402
 
 for _k, _v in vllm_env().items():  # before vLLM is imported
     os.environ.setdefault(_k, _v)
@@ -29,19 +29,6 @@ import torch  # noqa: E402
 N_PROMPTS = 8
 EVALS = ["<|im_start|>user\nwhat is 12+30?<|im_end|>\n<|im_start|>assistant\n42<|im_end|>",
          "the quick brown fox jumps over the lazy dog"]
-
-
-@torch.no_grad()
-def hf_logprobs(model, seqs):
-    out = []
-    for s in seqs:
-        lp = torch.log_softmax(model(torch.tensor([s])).logits[0].float(), -1)  # (L, V)
-        out.append([lp[t - 1, s[t]].item() for t in range(1, len(s))])
-    return out
-
-
-def max_diff(a, b):
-    return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
 
 
 def hf_model(path, state=None):

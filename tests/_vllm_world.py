@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from _tiny_world import save_tiny_lm, write_prompts
+
 TIE_GAP = 1e-4  # a greedy divergence is accepted only where HF's top-2 log-probs are this close
 LOGPROB_ATOL = 1e-3  # float32 prompt log-probs, vLLM CPU kernels vs HF eager
 
@@ -22,44 +24,21 @@ def vllm_env() -> dict:
             "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def _save_lm(root: Path, tok, seed: int, layers: int) -> str:
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Qwen3Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-                      num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=256,
-                      initializer_range=0.5, tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
-                      eos_token_id=tok.eos_token_id, bos_token_id=None, dtype="float32")
-    model = Qwen3ForCausalLM(cfg)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(root)
-    tok.save_pretrained(root)
-    return str(root)
-
-
 def build_world(root: Path) -> dict:
     """``student`` (2 layers), ``teacher`` (3 layers) and a prompt file ``train`` under ``root``."""
     from _tiny_tokenizer import build_tiny_tokenizer
 
     tok = build_tiny_tokenizer()
     # seed 5: greedy responses of several lengths, some ending in EOS (seed 0 says EOS at once)
-    return {"student": _save_lm(root / "student", tok, seed=5, layers=2),
-            "teacher": _save_lm(root / "teacher", tok, seed=6, layers=3),
+    return {"student": save_lm(root / "student", tok, seed=5, layers=2),
+            "teacher": save_lm(root / "teacher", tok, seed=6, layers=3),
             "train": write_prompts(root / "train.jsonl", 32, seed=0)}
 
 
-def write_prompts(path: Path, n: int, seed: int = 0) -> str:
-    """``n`` rows ``{"prompt": "a+b=", "answer": "a+b"}`` (as tests/conftest.py writes them)."""
-    import json
-    import random
-
-    rng = random.Random(seed)
-    with open(path, "w") as f:
-        for _ in range(n):
-            a, b = rng.randint(1, 9), rng.randint(1, 9)
-            f.write(json.dumps({"prompt": f"{a}+{b}=", "answer": str(a + b)}) + "\n")
-    return str(path)
+def save_lm(root: Path, tok, seed: int = 0, layers: int = 2, tie: bool = False) -> str:
+    """The vLLM tests' tiny float32 Qwen3 (see the module docstring) with ``tok``, in ``root``."""
+    return save_tiny_lm(root, tok, hidden=64, layers=layers, seed=seed, init_range=0.5, tie=tie,
+                        vocab_size=128, dtype="float32")
 
 
 def clean_shm(before: set) -> list:
@@ -89,6 +68,20 @@ def tie_gap(model, prefix) -> float:
     logits = model(torch.tensor([prefix])).logits[0, -1].float()
     top2 = torch.log_softmax(logits, -1).topk(2).values
     return (top2[0] - top2[1]).item()
+
+
+@torch.no_grad()
+def hf_logprobs(model, seqs) -> list:
+    """Per sequence, the log-prob of each token after the first under ``model``."""
+    out = []
+    for s in seqs:
+        lp = torch.log_softmax(model(torch.tensor([s])).logits[0].float(), -1)  # (L, V)
+        out.append([lp[t - 1, s[t]].item() for t in range(1, len(s))])
+    return out
+
+
+def max_diff(a, b) -> float:
+    return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
 
 
 def greedy_mismatches(model, prompts, a, b) -> list:

@@ -2,14 +2,13 @@
 gold layout against the agent loop, and a quick (untrained) build."""
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import random
-import sys
-from pathlib import Path
 
 import pytest
+
+from _tiny_world import saved_tokenizer, toy_recipe
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -22,23 +21,10 @@ from opsd.toy.agent_task import (ATTRIBUTES, AgentTaskConfig, extract_answer, fi
                                  sample_question, split_of, tool_call_text)
 
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def toy_recipe(name: str):
-    """``recipes/toy/{name}.py`` as a module (the entry points that import opsd and tip_patches)."""
-    if str(ROOT / "recipes" / "toy") not in sys.path:
-        sys.path.insert(0, str(ROOT / "recipes" / "toy"))
-    return importlib.import_module(name)
-
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    path = tmp_path_factory.mktemp("agent_tok")
-    atok.save_tokenizer(path)
-    return AutoTokenizer.from_pretrained(str(path))
+    return saved_tokenizer(atok.save_tokenizer, tmp_path_factory.mktemp("agent_tok"))
 
 
 def _value(row, who, attr):

@@ -3,13 +3,13 @@ fingerprints) and a quick (untrained) build through ``recipes/toy/world.py``."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
+
+from _tiny_world import saved_tokenizer, toy_recipe
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -20,20 +20,9 @@ from opsd.toy.task import (TaskConfig, extract_answer, make_problems, reward, so
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def toy_recipe(name: str):
-    """``recipes/toy/{name}.py`` as a module (the entry points that import opsd and tip_patches)."""
-    if str(ROOT / "recipes" / "toy") not in sys.path:
-        sys.path.insert(0, str(ROOT / "recipes" / "toy"))
-    return importlib.import_module(name)
-
-
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    path = tmp_path_factory.mktemp("tok")
-    toytok.save_tokenizer(path)
-    return AutoTokenizer.from_pretrained(str(path))
+    return saved_tokenizer(toytok.save_tokenizer, tmp_path_factory.mktemp("tok"))
 
 
 # --- task -------------------------------------------------------------------------------------

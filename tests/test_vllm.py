@@ -15,16 +15,15 @@ import os
 import sys
 from pathlib import Path
 
-# Before vllm is imported: CPU KV cache of 1 GiB (the default refuses to start on this machine's
-# NUMA node) and the engine in this process (weights are handed over as a Python iterator).
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import pytest
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _vllm_world import (LOGPROB_ATOL, TIE_GAP, greedy_mismatches, hf_logprobs, max_diff, save_lm,  # noqa: E402
+                         vllm_env)
+
+for _k, _v in vllm_env().items():  # before vLLM is imported: 1 GiB KV cache, the engine in-process
+    os.environ.setdefault(_k, _v)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 try:
     import vllm  # noqa: F401
@@ -40,28 +39,11 @@ def needs_vllm(test):
     return pytest.mark.vllm(pytest.mark.skipif(not HAVE_VLLM, reason=WHY)(test))
 
 
-ATOL = 1e-3  # float32 prompt log-probs, vLLM CPU kernels vs HF eager/sdpa
-TIE_GAP = 1e-4
-
-
 def _build_model_dir(root: Path, tie: bool, seed: int = 0) -> str:
-    """Tiny Qwen3 + char tokenizer in ``root``. head_dim 32: the CPU attention kernels support
-    32, 64, 80, ...; initializer_range 0.5 so greedy outputs vary instead of EOS at once."""
+    """The vLLM tests' tiny Qwen3 (tests/_vllm_world.py) + char tokenizer in ``root``."""
     from _tiny_tokenizer import build_tiny_tokenizer
-    from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    tok = build_tiny_tokenizer()
-    torch.manual_seed(seed)
-    cfg = Qwen3Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=256,
-                      initializer_range=0.5, tie_word_embeddings=tie, pad_token_id=tok.pad_token_id,
-                      eos_token_id=tok.eos_token_id, bos_token_id=None, dtype="float32")
-    model = Qwen3ForCausalLM(cfg)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(root)
-    tok.save_pretrained(root)
-    return str(root)
+    return save_lm(root, build_tiny_tokenizer(), seed=seed, layers=2, tie=tie)
 
 
 def _rollout_cfg(**kw):
@@ -76,18 +58,9 @@ def _student(path):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
 
 
-@torch.no_grad()
 def _hf_logprobs(model, seqs):
     model.eval()
-    out = []
-    for s in seqs:
-        lp = torch.log_softmax(model(torch.tensor([s])).logits[0].float(), -1)  # (L, V)
-        out.append([lp[t - 1, s[t]].item() for t in range(1, len(s))])
-    return out
-
-
-def _max_diff(a, b):
-    return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+    return hf_logprobs(model, seqs)
 
 
 def _train_step(model, opt, batch):
@@ -101,15 +74,9 @@ def _train_step(model, opt, batch):
 
 def _assert_same_greedy(model, prompts, vllm_rollouts, hf_rollouts):
     """Equal token lists, or a divergence at a genuine tie of the HF student."""
-    for i, (v, h) in enumerate(zip(vllm_rollouts.response_ids, hf_rollouts.response_ids)):
-        if v == h:
-            continue
-        j = next(k for k in range(min(len(v), len(h)) + 1) if k == min(len(v), len(h)) or v[k] != h[k])
-        with torch.no_grad():
-            logits = model(torch.tensor([prompts[i] + h[:j]])).logits[0, -1].float()
-        top2 = torch.log_softmax(logits, -1).topk(2).values
-        assert (top2[0] - top2[1]).item() < TIE_GAP, (
-            f"prompt {i}: vLLM greedy {v} != HF greedy {h} at position {j} (no tie there)")
+    v, h = vllm_rollouts.response_ids, hf_rollouts.response_ids
+    for i, j, gap in greedy_mismatches(model, prompts, v, h):
+        assert gap < TIE_GAP, f"prompt {i}: vLLM greedy {v[i]} != HF greedy {h[i]} at position {j} (no tie there)"
 
 
 @pytest.fixture(scope="module")
@@ -193,19 +160,19 @@ def test_rollouts_on_policy_after_each_sync(world, tie):
     try:
         greedy = SamplingConfig(temperature=0, max_new_tokens=12)
         hf = HFGenerateBackend(student, world["tok"], batch_size=8)
-        assert _max_diff(backend.prompt_logprobs(world["evals"]), _hf_logprobs(student, world["evals"])) < ATOL
+        assert max_diff(backend.prompt_logprobs(world["evals"]), _hf_logprobs(student, world["evals"])) < LOGPROB_ATOL
         opt = torch.optim.AdamW(student.parameters(), lr=2e-3)
         for step in range(3):
             _train_step(student, opt, world["train"])
-            stale = _max_diff(backend.prompt_logprobs(world["evals"]), _hf_logprobs(student, world["evals"]))
+            stale = max_diff(backend.prompt_logprobs(world["evals"]), _hf_logprobs(student, world["evals"]))
             assert stale > 1e-2, f"step {step}: the update is too small to tell synced from stale weights"
 
             backend.sync_weights(iter_hf_weights(student))
             expected = len(student.state_dict())  # includes lm_head.weight when tied
             assert backend.last_sync["tensors"] == expected
 
-            diff = _max_diff(backend.prompt_logprobs(world["evals"]), _hf_logprobs(student, world["evals"]))
-            assert diff < ATOL, f"step {step}: vLLM log-probs differ from the student's by {diff:.2e}"
+            diff = max_diff(backend.prompt_logprobs(world["evals"]), _hf_logprobs(student, world["evals"]))
+            assert diff < LOGPROB_ATOL, f"step {step}: vLLM log-probs differ from the student's by {diff:.2e}"
             v_out = backend.generate(world["prompts"], greedy)
             h_out = hf.generate(world["prompts"], greedy)
             _assert_same_greedy(student, world["prompts"], v_out, h_out)

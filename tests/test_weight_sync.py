@@ -1,5 +1,6 @@
 """``opsd.weight_sync.iter_hf_weights``: HF names, tied embeddings, ZeRO-3 gathering at world
-size 1 and 2 (DeepSpeed on CPU with gloo, one subprocess per rank)."""
+size 1 and 2 (DeepSpeed on CPU with gloo, one subprocess per rank), and ``checkpoint.export_hf``
+from ZeRO-3 shards (the same weights, no buffers)."""
 import json
 import os
 import socket
@@ -62,6 +63,31 @@ def test_tied_embeddings_yield_lm_head():
     assert "lm_head.weight" not in only_first
 
 
+def test_buffers_as_in_state_dict():
+    """Persistent buffers are weights (state_dict has them); non-persistent ones, like rotary
+    inv_freq, are not, and a walk over modules must not pick them up."""
+    from opsd.weight_sync import iter_hf_weights
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(2, 3)
+            self.register_buffer("scale", torch.full((3,), 2.0))
+            self.register_buffer("cache", torch.zeros(3), persistent=False)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = Scaled(), nn.Linear(3, 1)
+
+    net = Net()
+    assert [n for n, _ in iter_hf_weights(net)] == list(net.state_dict()) == \
+        ["a.scale", "a.lin.weight", "a.lin.bias", "b.weight", "b.bias"]
+    model = _tiny_qwen3(tie=False)
+    assert any("inv_freq" in n for n, _ in model.named_buffers())  # the model has such buffers
+    assert [n for n, _ in iter_hf_weights(model)] == list(model.state_dict())
+
+
 def test_prefix_stripping_without_hf_model():
     from opsd.weight_sync import iter_hf_weights
 
@@ -111,6 +137,11 @@ def test_zero3_gathered_equals_full_state(world, tmp_path):
         detail = {k: res[k] for k in ("mismatch_before", "mismatch_after", "diffs")}
         assert res["mismatch_before"] == [] and res["mismatch_after"] == [], detail
         assert res["changed"] and "lm_head.weight" in res["names"]
+    # the export (rank 0) holds the files a plain save_pretrained of the model writes: the
+    # weights, not the rotary buffers (inv_freq) that a ZeRO-3 walk over modules also meets
+    export = json.loads((tmp_path / "export.json").read_text())
+    assert set(export["keys"]) ^ set(export["plain_keys"]) == set()
+    assert not any("inv_freq" in k for k in export["keys"]) and export["max_diff"] < 1e-5
 
 
 def _worker(out_dir: str) -> None:
@@ -160,12 +191,39 @@ def _worker(out_dir: str) -> None:
     with deepspeed.zero.GatheredParameters(all_params, modifier_rank=None):  # whole model: test only
         whole = {k: v.clone() for k, v in model.state_dict().items()}
     bad1 += [k for k in whole if not torch.equal(whole[k], got1[k])]
+    _export(model, ref, Path(out_dir))
     res = {"partitioned": partitioned, "max_live": max_live, "num_params": sum(p.ds_numel for p in all_params),
            "largest_module": max(sum(p.ds_numel for p in m.parameters(recurse=False)) for m in model.modules()),
            "mismatch_before": bad0, "mismatch_after": bad1, "names": list(got1),
            "diffs": {k: (got1[k] - v).abs().max().item() for k, v in ref.state_dict().items() if k in got1},
            "changed": any(not torch.equal(got0[k], got1[k]) for k in got0)}
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(res))
+
+
+class _NoTokenizer:
+    def save_pretrained(self, path):
+        pass
+
+
+def _export(model, ref, out_dir: Path) -> None:
+    """``checkpoint.export_hf`` at ZeRO-3 (collective), then on rank 0 its tensors beside a plain
+    ``save_pretrained`` of the reference."""
+    from safetensors.torch import load_file
+
+    from opsd import checkpoint
+
+    checkpoint.export_hf(model, _NoTokenizer(), str(out_dir / "export"), zero_stage=3)
+    if torch.distributed.get_rank() != 0:
+        return
+    ref.save_pretrained(out_dir / "plain")
+
+    def load(folder):
+        return {k: v for f in sorted(Path(folder).glob("*.safetensors")) for k, v in load_file(f).items()}
+
+    got, want = load(out_dir / "export"), load(out_dir / "plain")
+    diff = max((got[k] - want[k]).abs().max().item() for k in want.keys() & got.keys())
+    (out_dir / "export.json").write_text(json.dumps({"keys": sorted(got), "plain_keys": sorted(want),
+                                                     "max_diff": diff}))
 
 
 if __name__ == "__main__":

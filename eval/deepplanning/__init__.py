@@ -6,11 +6,13 @@
     eval.deepplanning.plan_parser  plan text -> structured plan (rule-based; the official one is an LLM)
     eval.deepplanning.scoring    personalized constraints, 8 commonsense dimensions, Avg@k / Best@k
     eval.deepplanning.env        TravelPlanningEnv: opsd.environment.Environment for training and eval
+    eval.deepplanning.files      where its files are (the one locator) and the evaluation's agent limits
     eval.deepplanning.data       the queries, the seeded 80/20 split, the database check
     eval.deepplanning.evaluate   eval.run's `deepplanning_travel` benchmark (agent episodes)
+    eval.deepplanning.fixture    a synthetic two-task database with gold plans (tests, bench)
     eval.deepplanning.bench      tool calls per second
 
 Facts of the official benchmark: ../shared/deepplanning/FORMAT.md (QwenLM/Qwen-Agent,
 benchmark/deepplanning). The database (database_en.zip of the Hub data set Qwen/DeepPlanning) is
-not shipped; tests run on the synthetic fixture of tests/eval/deepplanning/make_fixture.py.
+not shipped; tests run on the synthetic fixture of eval.deepplanning.fixture.
 """

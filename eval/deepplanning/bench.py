@@ -3,7 +3,7 @@
     python -m eval.deepplanning.bench                       # the test fixture, padded to ~7,700 rows
     python -m eval.deepplanning.bench --db DIR --task 0     # a real task folder (calls from its tables)
 
-Without ``--db`` it builds the synthetic fixture of tests/eval/deepplanning/make_fixture.py in a
+Without ``--db`` it builds the synthetic fixture of :mod:`eval.deepplanning.fixture` in a
 temporary folder and pads every table with ``--pad`` filler rows (default 1,100 per table, about
 the 7,708 records a real task has), so the filters scan realistic tables. Prints the first load
 time, the cached load time, and calls/s over a fixed mix of all 9 tools (hits and misses).
@@ -19,10 +19,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+from eval.deepplanning import fixture
 from eval.deepplanning.database import TABLES, clear_cache, load_task
 from eval.deepplanning.tools import TravelTools
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def pad_tables(folder: Path, rows: int) -> None:
@@ -122,11 +121,8 @@ def main(argv=None) -> int:
     if ns.db:
         out = run(Path(ns.db), ns.task, ns.seconds, fixture=False)
     else:
-        sys.path.insert(0, str(REPO_ROOT / "tests" / "eval" / "deepplanning"))
-        import make_fixture
-
         with tempfile.TemporaryDirectory() as tmp:
-            paths = make_fixture.build(Path(tmp))
+            paths = fixture.build(Path(tmp))
             pad_tables(paths["database"] / "id_0", ns.pad)
             out = run(paths["database"], "0", ns.seconds, fixture=True)
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}))

@@ -1,9 +1,8 @@
 """The 120 English travel tasks, their seeded 80/20 split, and the database check.
 
-Files under the data root (``python -m eval.prepare`` writes them)::
+Files under the data root (``python -m eval.prepare`` writes them; :mod:`eval.deepplanning.files`
+finds them)::
 
-    DeepPlanning/travelplanning/travelplanning_query_en.json     the shipped queries (verbatim)
-    DeepPlanning/travelplanning_tool_schema/tool_schema_en.json  the shipped tool schemas (verbatim)
     deepplanning/travel_train.jsonl   96 tasks: {"id", "query", "meta_info"} (the trainer's rows)
     deepplanning/travel_test.jsonl    24 tasks (the held-out 20 %, eval.run's deepplanning_travel)
     deepplanning/split.json           seed, fraction, ids of both parts, sha256 of the query file
@@ -17,15 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 from eval.deepplanning.database import check_task, count_duplicates
+from eval.deepplanning.files import SPLIT_FILE, TEST_FILE, TRAIN_FILE
 
-QUERY_RELPATH = "DeepPlanning/travelplanning/travelplanning_query_en.json"
-SPLIT_DIR = "deepplanning"
-TRAIN_FILE, TEST_FILE, SPLIT_FILE = "travel_train.jsonl", "travel_test.jsonl", "split.json"
 ROW_KEYS = ("id", "query", "meta_info")
 
 
@@ -105,32 +101,6 @@ def check_database(db_root: Path, task_ids: List[str]) -> List[str]:
     return [p for tid in task_ids for p in check_task(db_root, str(tid))]
 
 
-def default_db_dir(data_dir: Optional[str] = None) -> Path:
-    """``$DEEPPLANNING_DB``, else ``<data root>/DeepPlanning/travelplanning/database``."""
-    import os
-
-    from eval.benchmarks import data_root
-
-    env = os.environ.get("DEEPPLANNING_DB")
-    return Path(env) if env else data_root(data_dir) / "DeepPlanning" / "travelplanning" / "database"
-
-
-def prepare_travel(query_file: Path, root: Path, source: Path, seed: int = 0, force: bool = False) -> str:
-    """``eval.prepare``'s DeepPlanning step: copy the shipped tool schema beside the queries and
-    write the split; returns a one-line summary."""
-    from eval.prepare import copy_local
-    from eval.deepplanning.tools import SCHEMA_RELPATH
-
-    schema = Path(root) / SCHEMA_RELPATH
-    if force or not schema.is_file():
-        if not (Path(source) / SCHEMA_RELPATH).is_file():
-            raise TaskDataError(f"{Path(source) / SCHEMA_RELPATH} is missing (the shipped travel tool schema)")
-        copy_local(Path(source), SCHEMA_RELPATH, Path(root))
-    record = write_split(query_file, Path(root) / SPLIT_DIR, seed)
-    return (f"deepplanning split: {len(record['train'])} train / {len(record['test'])} test tasks (seed {seed}) "
-            f"-> {Path(root) / SPLIT_DIR}; tool schema {schema}")
-
-
 def duplicate_summary(db_root: Path, task_ids: List[str]) -> str:
     """One line: per table, the rows that repeat an earlier row's name and the tasks that have
     any. Not an error: the scorer then checks against the last such row and the tools answer with
@@ -143,27 +113,3 @@ def duplicate_summary(db_root: Path, task_ids: List[str]) -> str:
     parts = ", ".join(f"{t} {rows[t]} row(s) in {tasks[t]} task(s)" for t in rows)
     return (f"duplicate names ({parts}); the scorer keeps a name's last row, the tools its first, "
             "as officially")
-
-
-def check_database_cli(db_dir: str, root: Path, source: Optional[Path] = None) -> int:
-    """``eval.prepare --deepplanning-db DIR``: print every problem of the folder against the 120
-    queries (or 'OK') and the count of duplicated names; 1 when something is missing."""
-    from eval.deepplanning.database import resolve_db_root
-
-    queries = Path(root) / QUERY_RELPATH
-    if not queries.is_file() and source is not None:
-        queries = Path(source) / QUERY_RELPATH
-    ids = [str(t["id"]) for t in load_queries(queries)]
-    db_root = resolve_db_root(db_dir)
-    problems = check_database(db_root, ids)
-    if problems:
-        shown = problems[:50]
-        print(f"deepplanning database {db_root}: {len(problems)} problem(s) for {len(ids)} tasks:", file=sys.stderr)
-        print("\n".join(f"  {p}" for p in shown), file=sys.stderr)
-        if len(problems) > len(shown):
-            print(f"  ... and {len(problems) - len(shown)} more", file=sys.stderr)
-        print(f"deepplanning database {db_root}: {duplicate_summary(db_root, ids)}")
-        return 1
-    print(f"deepplanning database {db_root}: OK ({len(ids)} task folders, every CSV and column present)")
-    print(f"deepplanning database {db_root}: {duplicate_summary(db_root, ids)}")
-    return 0

@@ -25,34 +25,29 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from opsd.environment import Environment, Episode, EpisodeScore, ToolError, Transcript
+from eval.deepplanning import files
 from eval.deepplanning.database import DatabaseError, TaskDatabase, load_task, resolve_db_root
-from eval.deepplanning.data import default_db_dir, read_split
+from eval.deepplanning.data import read_split
 from eval.deepplanning.plan_parser import parse_plan
 from eval.deepplanning.prompts import SYSTEM_PROMPT, extract_plan
 from eval.deepplanning.scoring import DIMENSIONS, score_plan
-from eval.deepplanning.tools import SCHEMA_RELPATH, TOOL_NAMES, TravelTools, load_schemas
-
-
-def _default_schema_file() -> Path:
-    from eval.benchmarks import REPO_ROOT, data_root
-
-    local = data_root() / SCHEMA_RELPATH
-    return local if local.is_file() else REPO_ROOT.parent / "shared" / "data" / SCHEMA_RELPATH
+from eval.deepplanning.tools import TOOL_NAMES, TravelTools, load_schemas
 
 
 class TravelPlanningEnv(Environment):
-    """Options: ``db_dir`` (folder of ``id_<N>/``; default ``$DEEPPLANNING_DB`` or the data
-    root's ``DeepPlanning/travelplanning/database``), ``schema_file`` (default the data root's
-    shipped schema), ``split_file`` (optional ``split.json``: recorded, and a row outside it is an
-    error), ``system_prompt`` (default ours)."""
+    """Options: ``db_dir`` (folder of ``id_<N>/``), ``schema_file``, ``split_file`` (optional
+    ``split.json``: recorded, and a row outside it is an error), ``system_prompt`` (default ours).
+    The database folder and the schema default to :mod:`eval.deepplanning.files`' (the default data
+    root's); ``data_dir`` names another data root for them."""
 
     def __init__(self, db_dir: Optional[str] = None, schema_file: Optional[str] = None,
-                 split_file: Optional[str] = None, system_prompt: Optional[str] = None):
-        self.db_dir = resolve_db_root(db_dir or default_db_dir())
+                 split_file: Optional[str] = None, system_prompt: Optional[str] = None,
+                 data_dir: Optional[str] = None):
+        self.db_dir = resolve_db_root(db_dir or files.db_dir(data_dir))
         if not self.db_dir.is_dir():
             raise DatabaseError(f"DeepPlanning database folder {self.db_dir} is missing (db_dir option or "
-                                "$DEEPPLANNING_DB: the unzipped database_en.zip of Qwen/DeepPlanning)")
-        self.schemas = load_schemas(Path(schema_file) if schema_file else _default_schema_file())
+                                f"${files.DB_ENV}: the unzipped database_en.zip of Qwen/DeepPlanning)")
+        self.schemas = load_schemas(Path(schema_file) if schema_file else files.schema_file(data_dir))
         self.split = read_split(Path(split_file)) if split_file else None
         self.system_prompt = system_prompt or SYSTEM_PROMPT
 

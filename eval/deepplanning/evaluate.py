@@ -21,19 +21,20 @@ metric.
 
 Agent limits (recorded in the benchmark's settings, so a resumed run uses the same):
 ``--max-new-tokens`` per assistant turn (default 8192), ``$DEEPPLANNING_MAX_TURNS`` (default 40)
-and ``$DEEPPLANNING_MAX_EPISODE_TOKENS`` (default 32768). Resuming works as for the math
-benchmarks: the file is rewritten after every batch of tasks and finished tasks are skipped.
+and ``$DEEPPLANNING_MAX_EPISODE_TOKENS`` (default 32768), both in :mod:`eval.deepplanning.files`.
+Resuming is every benchmark's (:func:`eval.results.run_resumable`): the file is rewritten after
+every batch of tasks and finished tasks are skipped.
 """
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from eval import metrics
-from eval.benchmarks import Benchmark, data_root, read_rows
-from eval.results import benchmark_entry, save_atomic
+from eval.benchmarks import Benchmark, read_rows
+from eval.deepplanning import files
+from eval.results import run_resumable
 
 SCORE_KEYS = ("commonsense", "composite", "case_acc", "personalized_all", "parsed_lines")
 
@@ -41,23 +42,16 @@ SCORE_KEYS = ("commonsense", "composite", "case_acc", "personalized_all", "parse
 def agent_settings(bench: Benchmark, args) -> Dict[str, Any]:
     from eval.deepplanning.prompts import SYSTEM_PROMPT
 
-    return {"max_new_tokens": args.max_new_tokens or bench.spec.max_new_tokens,
-            "max_turns": int(os.environ.get("DEEPPLANNING_MAX_TURNS", 40)),
-            "max_episode_tokens": int(os.environ.get("DEEPPLANNING_MAX_EPISODE_TOKENS", 32768)),
+    return {"max_new_tokens": args.max_new_tokens or bench.spec.max_new_tokens, **files.agent_limits(),
             "system_prompt_sha256": hashlib.sha256(SYSTEM_PROMPT.encode()).hexdigest()[:16]}
 
 
 def make_env(args):
-    from eval.deepplanning.data import SPLIT_DIR, SPLIT_FILE, default_db_dir
+    """The travel environment over the files :mod:`eval.deepplanning.files` finds for ``--data-dir``."""
     from eval.deepplanning.env import TravelPlanningEnv
 
-    from eval.deepplanning.tools import SCHEMA_RELPATH
-
-    root = data_root(args.data_dir)
-    split, schema = root / SPLIT_DIR / SPLIT_FILE, root / SCHEMA_RELPATH
-    return TravelPlanningEnv(db_dir=str(default_db_dir(args.data_dir)),
-                             schema_file=str(schema) if schema.is_file() else None,
-                             split_file=str(split) if split.is_file() else None)
+    split = files.split_file(args.data_dir)
+    return TravelPlanningEnv(split_file=str(split) if split else None, data_dir=args.data_dir)
 
 
 def sample_record(rec, ids: List[int]) -> Dict[str, Any]:
@@ -117,31 +111,20 @@ def run_batch(rows: List[Dict[str, Any]], settings: Dict[str, Any], offset: int,
     records = [{"id": str(r["id"]), "answer": str(r["id"]), "prompt": r["query"], "samples": []} for r in rows]
     for ids, i, rec in zip(out.response_ids, out.prompt_index, out.episodes):
         records[i]["samples"].append(sample_record(rec, ids))
-    for r in records:
-        if len(r["samples"]) != args.n:
-            raise RuntimeError(f"agent loop returned {len(r['samples'])} episodes for task {r['id']}, "
-                               f"expected --n {args.n}")
-        r["num_correct"] = sum(s["correct"] for s in r["samples"])
     return records
 
 
 def evaluate_travel(bench: Benchmark, results: Dict[str, Any], args, backend, tokenizer,
                     env=None) -> Dict[str, Any]:
-    """Run (or resume) the travel benchmark into ``results``; see the module docstring."""
+    """Run (or resume) the travel benchmark into ``results`` (:func:`eval.results.run_resumable`);
+    see the module docstring."""
     settings = agent_settings(bench, args)
-    entry = benchmark_entry(results, bench.name, bench.version, str(bench.path), settings,
-                            len(bench.problems), Path(args.out))
     by_id = {str(r["id"]): r for r in read_rows(bench.path)}
-    done = {p["id"] for p in entry["problems"]}
-    todo = [(i, by_id[p.id]) for i, p in enumerate(bench.problems) if p.id not in done]
     env = env or make_env(args)
     try:
-        for start in range(0, len(todo), args.batch_size):
-            chunk = todo[start:start + args.batch_size]
-            entry["problems"].extend(run_batch([r for _, r in chunk], settings, chunk[0][0], args, backend,
-                                               tokenizer, env))
-            update_metrics(entry)
-            save_atomic(Path(args.out), results)
+        return run_resumable(results, bench, settings, Path(args.out), args.batch_size, args.n,
+                             lambda tasks, offset: run_batch([by_id[p.id] for p in tasks], settings, offset,
+                                                             args, backend, tokenizer, env),
+                             update_metrics, args.progress)
     finally:
         env.close()
-    return entry

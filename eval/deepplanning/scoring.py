@@ -698,22 +698,28 @@ def check_transfer_times(plan: dict, meta: dict, db: TaskDatabase) -> Check:
 # ------------------------------------------------------------------------- commonsense: hours
 
 
+def _visits(plan: dict, kind: str, index: dict):
+    """``(name, time slot text, table row)`` of each ``kind`` activity whose name the table has
+    (an unknown name is the validated_* check's business)."""
+    for _, act, _, name in _acts(_days(plan), kind):
+        row = index.get(name) if name else None
+        if row is not None:
+            yield name, act.get("time_slot"), row
+
+
 def check_attraction_hours(plan: dict, meta: dict, db: TaskDatabase) -> Check:
     if not db.attraction_index:
         return False, "the task's attraction table is empty"
     bad = []
-    for _, act, _, name in _acts(_days(plan), "attraction"):
-        row = db.attraction_index.get(name) if name else None
-        if row is None:
-            continue  # validated_attractions' business
+    for name, slot, row in _visits(plan, "attraction", db.attraction_index):
         o, c = row["opening_time"].strip(), row["closing_time"].strip()
         if o in ALL_DAY and c in ALL_DAY:
             continue
-        (s, e), ot, ct = slot_clocks(act.get("time_slot")), clock(o), clock(c)
+        (s, e), ot, ct = slot_clocks(slot), clock(o), clock(c)
         if None in (s, e, ot, ct):
             bad.append(f"{name}: no usable opening hours or slot")
         elif not within_hours(s, e, ot, ct):
-            bad.append(f"{name} at {act.get('time_slot')} outside {o}-{c}")
+            bad.append(f"{name} at {slot} outside {o}-{c}")
     return _fail(bad, "attraction hours")
 
 
@@ -721,15 +727,12 @@ def check_restaurant_hours(plan: dict, meta: dict, db: TaskDatabase) -> Check:
     if not db.restaurant_index:
         return False, "the task's restaurant table is empty"
     bad = []
-    for _, act, _, name in _acts(_days(plan), "meal"):
-        row = db.restaurant_index.get(name) if name else None
-        if row is None:
-            continue
-        (s, e), ot, ct = slot_clocks(act.get("time_slot")), clock(row["opening_time"]), clock(row["closing_time"])
+    for name, slot, row in _visits(plan, "meal", db.restaurant_index):
+        (s, e), ot, ct = slot_clocks(slot), clock(row["opening_time"]), clock(row["closing_time"])
         if s is None or e is None:
             bad.append(f"{name}: no usable time slot")
         elif ot is not None and ct is not None and not within_hours(s, e, ot, ct):
-            bad.append(f"{name} at {act.get('time_slot')} outside {row['opening_time']}-{row['closing_time']}")
+            bad.append(f"{name} at {slot} outside {row['opening_time']}-{row['closing_time']}")
     return _fail(bad, "restaurant hours")
 
 
@@ -775,11 +778,8 @@ def check_attraction_durations(plan: dict, meta: dict, db: TaskDatabase) -> Chec
     if not db.attraction_index:
         return False, "the task's attraction table is empty"
     bad = []
-    for _, act, _, name in _acts(_days(plan), "attraction"):
-        row = db.attraction_index.get(name) if name else None
-        if row is None:
-            continue
-        s, e = slot_minutes(act.get("time_slot"))
+    for name, slot, row in _visits(plan, "attraction", db.attraction_index):
+        s, e = slot_minutes(slot)
         lo, hi = _float(row["min_visit_hours"]), _float(row["max_visit_hours"])
         if s is None or lo is None or hi is None:
             bad.append(f"{name}: duration unknown")

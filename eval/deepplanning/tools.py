@@ -25,7 +25,6 @@ from eval.deepplanning.database import Row, TaskDatabase
 TOOL_NAMES = ("query_train_info", "query_flight_info", "query_hotel_info", "query_attraction_details",
               "recommend_attractions", "search_location", "query_road_route_info", "recommend_restaurants",
               "query_restaurant_details")
-SCHEMA_RELPATH = "DeepPlanning/travelplanning_tool_schema/tool_schema_en.json"
 
 
 class SchemaError(ValueError):
@@ -102,35 +101,35 @@ class TravelTools:
                 "marketingTransportNo": transport_no, "seatClassName": r["seat_class"],
                 "Remaining Seats": r["seat_status"] if r["seat_status"].strip() else "Available"}
 
+    @staticmethod
+    def _route_items(routes: List[List[Row]], segment: Callable[[int, Row, List[Row]], Dict[str, Any]]) -> list:
+        """One item per route: ``Segment i`` from ``segment(i, row, route)``, then the price (the
+        first segment's)."""
+        return [{**{f"Segment {i}": segment(i, r, segs) for i, r in enumerate(segs, 1)},
+                 "price": _float_or(segs[0]["price"], 0)} for segs in routes]
+
     def query_train_info(self, origin=None, destination=None, depDate=None, seatClassName="") -> str:
         routes = self._routes("trains", origin, destination, depDate, seatClassName)
         if routes is None:
             return f"No train information found from {origin} to {destination} on {depDate}"
-        out = []
-        for segs in routes:
-            item: Dict[str, Any] = {}
-            for i, r in enumerate(segs, 1):
-                # a transfer's later segment departs from the previous arrival station's city part
-                dep_city = r["origin_city"] if i == 1 else segs[i - 2]["arr_station_name"].split(" Station")[0]
-                item[f"Segment {i}"] = self._segment(r, dep_city, r["train_type"], r["train_no"])
-            item["price"] = _float_or(segs[0]["price"], 0)
-            out.append([item])
-        return _json(out)
+
+        def segment(i, r, segs):
+            # a transfer's later segment departs from the previous arrival station's city part
+            dep_city = r["origin_city"] if i == 1 else segs[i - 2]["arr_station_name"].split(" Station")[0]
+            return self._segment(r, dep_city, r["train_type"], r["train_no"])
+
+        return _json([[item] for item in self._route_items(routes, segment)])  # trains: one-element lists
 
     def query_flight_info(self, origin=None, destination=None, depDate=None, seatClassName="") -> str:
         routes = self._routes("flights", origin, destination, depDate, seatClassName)
         if routes is None:
             return f"No flight information found from {origin} to {destination} on {depDate}"
-        out = []
-        for segs in routes:
-            item: Dict[str, Any] = {}
-            for i, r in enumerate(segs, 1):
-                seg = self._segment(r, r["origin_city"], r["airline"], r["flight_no"])
-                seg.update(equipSize=r["equip_size"], equipType=r["equip_type"], manufacturer=r["manufacturer"])
-                item[f"Segment {i}"] = seg
-            item["price"] = _float_or(segs[0]["price"], 0)
-            out.append(item)
-        return _json(out)
+
+        def segment(i, r, segs):
+            return {**self._segment(r, r["origin_city"], r["airline"], r["flight_no"]),
+                    "equipSize": r["equip_size"], "equipType": r["equip_type"], "manufacturer": r["manufacturer"]}
+
+        return _json(self._route_items(routes, segment))
 
     # ------------------------------------------------------------------------- hotels
 

@@ -61,6 +61,24 @@ def test_resume_after_interruption(tiny_data, tmp_path):
         assert resumed["benchmarks"][bench]["metrics"] == fresh["benchmarks"][bench]["metrics"]
 
 
+def test_a_backend_short_of_samples_is_an_error(tiny_data, tmp_path):
+    """The shared loop (eval.results.run_resumable) checks each problem's sample count before
+    anything is saved."""
+
+    class Short(FakeBackend):
+        def generate(self, prompt_ids, sampling):
+            out = super().generate(prompt_ids, sampling)
+            for column in (out.prompt_ids, out.response_ids, out.finished, out.prompt_index):
+                column.pop()  # the last problem's last sample
+            return out
+
+    tok = CharTokenizer()
+    with pytest.raises(RuntimeError, match=r"math500: got 3 samples for problem .*, expected --n 4"):
+        run.evaluate(make_args(tmp_path), Short(ANSWERS, tok), tok)
+    assert not (tmp_path / "results.json").exists() or \
+        not json.loads((tmp_path / "results.json").read_text())["benchmarks"]["math500"]["problems"]
+
+
 def test_rerun_of_a_complete_file_generates_nothing(tiny_data, tmp_path):
     tok = CharTokenizer()
     run.evaluate(make_args(tmp_path), FakeBackend(ANSWERS, tok), tok)

@@ -1,20 +1,20 @@
-"""The synthetic DeepPlanning fixture (make_fixture.py), built once per test session."""
+"""The synthetic DeepPlanning fixture (eval.deepplanning.fixture), built once per test session."""
 import sys
 from pathlib import Path
 
 import pytest
 
+from eval.deepplanning import fixture
+
 HERE = Path(__file__).resolve().parent
-for p in (HERE, HERE.parents[1]):  # make_fixture, and tests/ (the agent-loop fakes)
+for p in (HERE, HERE.parents[1]):  # parity_cases, and tests/ (the agent-loop fakes)
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
-
-import make_fixture  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def fixture_paths(tmp_path_factory):
-    return make_fixture.build(tmp_path_factory.mktemp("deepplanning"))
+    return fixture.build(tmp_path_factory.mktemp("deepplanning"))
 
 
 @pytest.fixture

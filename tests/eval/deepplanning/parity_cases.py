@@ -1,7 +1,7 @@
 """The official DeepPlanning scoring rules as input -> verdict pairs.
 
-Each :class:`Case` is a structured plan (the fixture's gold plan, make_fixture.GOLD, with edits),
-the task's meta (with edits), optionally rows added to the fixture database, the check it pins
+Each :class:`Case` is a structured plan (the fixture's gold plan, eval.deepplanning.fixture.GOLD,
+with edits), the task's meta (with edits), optionally rows added to the fixture database, the check it pins
 and the verdict the official evaluation gives (QwenLM/Qwen-Agent
 ``benchmark/deepplanning/travelplanning/evaluation/``, commit 31a4d36: ``constraints_hard.py``,
 ``constraints_commonsense.py``, ``eval_converted.py``, ``utils.py``). The verdicts were derived by
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import make_fixture as F
+from eval.deepplanning import fixture as F
 
 from eval.deepplanning.database import TABLES
 from eval.deepplanning.plan_parser import parse_plan

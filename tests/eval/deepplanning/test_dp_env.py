@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-import make_fixture as F
+from eval.deepplanning import fixture as F
 from eval.deepplanning.database import DatabaseError
 from eval.deepplanning.env import TravelPlanningEnv
 from eval.deepplanning.prompts import SYSTEM_PROMPT

@@ -5,10 +5,10 @@ import shutil
 
 import pytest
 
-import make_fixture as F
+from eval.deepplanning import fixture as F
 from eval import run
 from eval.deepplanning.data import check_database, load_queries, split_ids, write_split
-from eval.deepplanning.tools import SCHEMA_RELPATH
+from eval.deepplanning.files import SCHEMA_RELPATH
 
 
 def test_split_is_seeded_disjoint_and_80_20():
@@ -27,15 +27,23 @@ def test_write_split_and_record(fixture_paths, tmp_path):
     assert json.loads((tmp_path / "dp" / "split.json").read_text())["source_sha256"] == rec["source_sha256"]
 
 
-def test_prepare_checks_a_database_folder(fixture_paths, tmp_path, capsys):
+@pytest.fixture
+def data_and_db(fixture_paths, tmp_path):
+    """A data root holding the fixture's queries as the shipped query file, and a copy of its
+    database (tests may break it)."""
+    from eval.deepplanning.files import QUERY_RELPATH
+
+    data, db = tmp_path / "data", tmp_path / "db"
+    (data / QUERY_RELPATH).parent.mkdir(parents=True)
+    shutil.copy(fixture_paths["queries"], data / QUERY_RELPATH)
+    shutil.copytree(fixture_paths["database"], db)
+    return data, db
+
+
+def test_prepare_checks_a_database_folder(data_and_db, capsys):
     from eval import prepare
 
-    data = tmp_path / "data"
-    (data / "DeepPlanning" / "travelplanning").mkdir(parents=True)
-    shutil.copy(fixture_paths["queries"], data / "DeepPlanning" / "travelplanning" /
-                "travelplanning_query_en.json")
-    db = tmp_path / "db"
-    shutil.copytree(fixture_paths["database"], db)
+    data, db = data_and_db
     prepare.main(["--data-dir", str(data), "--only", "", "--deepplanning-db", str(db)])
     assert "OK (2 task folders" in capsys.readouterr().out
     (db / "id_1" / "locations" / "locations_coords.csv").unlink()
@@ -45,19 +53,14 @@ def test_prepare_checks_a_database_folder(fixture_paths, tmp_path, capsys):
     assert check_database(db, ["0", "1"]) == [f"task 1: {db / 'id_1/locations/locations_coords.csv'} is missing"]
 
 
-def test_prepare_counts_duplicate_names(fixture_paths, tmp_path, capsys):
+def test_prepare_counts_duplicate_names(data_and_db, capsys):
     """A repeated name is not an error, but it is reported: the scorer keeps the last row (as the
     official loaders), the tools the first."""
     import csv
 
     from eval import prepare
 
-    data = tmp_path / "data"
-    (data / "DeepPlanning" / "travelplanning").mkdir(parents=True)
-    shutil.copy(fixture_paths["queries"], data / "DeepPlanning" / "travelplanning" /
-                "travelplanning_query_en.json")
-    db = tmp_path / "db"
-    shutil.copytree(fixture_paths["database"], db)
+    data, db = data_and_db
     hotels = db / "id_0" / "hotels" / "hotels.csv"
     rows = list(csv.DictReader(open(hotels, encoding="utf-8")))
     with open(hotels, "a", encoding="utf-8", newline="") as f:
@@ -89,9 +92,9 @@ def test_missing_sub_scores_are_left_out_and_counted():
 
 def test_prepare_writes_the_real_split(tmp_path):
     from eval import prepare
-    from eval.benchmarks import REPO_ROOT
+    from eval.benchmarks import SHARED_DATA
 
-    shared = REPO_ROOT.parent / "shared" / "data"
+    shared = SHARED_DATA
     if not (shared / SCHEMA_RELPATH).is_file():
         pytest.skip("../shared/data is not available")
     prepare.main(["--data-dir", str(tmp_path), "--source", str(shared), "--only", "deepplanning"])
@@ -99,6 +102,27 @@ def test_prepare_writes_the_real_split(tmp_path):
     assert (len(split["train"]), len(split["test"])) == (96, 24)
     assert (tmp_path / SCHEMA_RELPATH).is_file()
     assert len(load_queries(tmp_path / "DeepPlanning/travelplanning/travelplanning_query_en.json")) == 120
+
+
+def test_one_locator_names_what_it_looked_for_and_where(tmp_path, monkeypatch):
+    """eval.deepplanning.files finds the schema in the data root, else in the shared copy; when
+    neither has it, the error names both paths."""
+    from eval.deepplanning import files
+
+    data, shared = tmp_path / "data", tmp_path / "shared"
+    monkeypatch.setattr(files, "SHARED_DATA", shared)
+    with pytest.raises(FileNotFoundError, match=rf"DeepPlanning tool schema not found \(looked at "
+                                                rf"{data / SCHEMA_RELPATH}, {shared / SCHEMA_RELPATH}"):
+        files.schema_file(str(data))
+    for root in (shared, data):
+        (root / SCHEMA_RELPATH).parent.mkdir(parents=True)
+        (root / SCHEMA_RELPATH).write_text("[]")
+        assert files.schema_file(str(data)) == root / SCHEMA_RELPATH  # the data root's copy first
+    monkeypatch.delenv(files.DB_ENV, raising=False)
+    assert files.db_dir(str(data)) == data / files.DB_RELPATH
+    monkeypatch.setenv(files.DB_ENV, str(tmp_path / "db"))
+    assert files.db_dir(str(data)) == tmp_path / "db"
+    assert files.split_file(str(data)) is None
 
 
 # ------------------------------------------------------------------------- eval.run

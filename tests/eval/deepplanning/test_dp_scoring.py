@@ -2,7 +2,7 @@
 
 import pytest
 
-import make_fixture as F
+from eval.deepplanning import fixture as F
 from eval.deepplanning.database import load_task
 from eval.deepplanning.plan_parser import parse_plan, parse_price
 from eval.deepplanning.prompts import extract_plan
@@ -215,10 +215,11 @@ def test_avg_and_best_at_k():
 
 
 def test_every_constraint_key_of_the_120_tasks_has_a_check():
-    from eval.benchmarks import REPO_ROOT
-    from eval.deepplanning.data import QUERY_RELPATH, load_queries
+    from eval.benchmarks import SHARED_DATA
+    from eval.deepplanning.data import load_queries
+    from eval.deepplanning.files import QUERY_RELPATH
 
-    path = REPO_ROOT.parent / "shared" / "data" / QUERY_RELPATH
+    path = SHARED_DATA / QUERY_RELPATH
     if not path.is_file():
         pytest.skip(f"{path} is not available")
     keys = {}

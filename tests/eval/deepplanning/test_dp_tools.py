@@ -27,6 +27,18 @@ def test_trains_are_grouped_by_route_wrapped_in_lists_and_exact(tools):
                                            "seatClassName": "First Class Seat"}).startswith("No train information")
 
 
+def test_a_transfer_route_is_priced_by_its_first_segment(tools, monkeypatch):
+    """As officially: one item per route with ``Segment 1..n``; the price is the first segment's;
+    a later train segment departs from the city part of the previous arrival station."""
+    first = tools.db.routes["trains"][("Hefei", "Nanjing", "2025-11-12")][0]
+    second = {**first, "price": "77", "arr_station_name": "Wuxi Station", "train_no": "G2"}
+    monkeypatch.setattr(tools, "_routes", lambda *a: [[first, second, second]])
+    item, = json.loads(tools.call("query_train_info", {"origin": "a", "destination": "b", "depDate": "c"}))[0]
+    assert list(item) == ["Segment 1", "Segment 2", "Segment 3", "price"] and item["price"] == 90.0
+    assert item["Segment 2"]["depCityName"] == first["arr_station_name"].split(" Station")[0]
+    assert item["Segment 3"]["depCityName"] == "Wuxi" and item["Segment 3"]["marketingTransportNo"] == "G2"
+
+
 def test_blank_seat_status_reads_available_and_flights_header_only(fixture_paths):
     tools = TravelTools(load_task(fixture_paths["database"], "1"))
     out = json.loads(tools.call("query_train_info", {"origin": "Dalian", "destination": "Harbin",
@@ -118,11 +130,11 @@ def test_missing_folder_file_and_column_name_task_and_file(fixture_paths, tmp_pa
 
 
 def test_schemas_shipped_and_fixture(fixture_paths):
-    from eval.benchmarks import REPO_ROOT
-    from eval.deepplanning.tools import SCHEMA_RELPATH
+    from eval.benchmarks import SHARED_DATA
+    from eval.deepplanning.files import SCHEMA_RELPATH
 
     assert [s["function"]["name"] for s in load_schemas(fixture_paths["schema"])] == list(TOOL_NAMES)
-    shipped = REPO_ROOT.parent / "shared" / "data" / SCHEMA_RELPATH
+    shipped = SHARED_DATA / SCHEMA_RELPATH
     if shipped.is_file():
         assert sorted(s["function"]["name"] for s in load_schemas(shipped)) == sorted(TOOL_NAMES)
     with pytest.raises(SchemaError, match="missing"):

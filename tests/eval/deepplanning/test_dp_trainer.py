@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-import make_fixture as F
+from eval.deepplanning import fixture as F
 from _agent_fakes import ScriptedBackend, call_text
 from _runs import read_metrics
 

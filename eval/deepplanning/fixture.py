@@ -1,6 +1,6 @@
 """A small synthetic DeepPlanning database for travel tasks 0 and 1 (FORMAT.md, "Test fixture").
 
-    python tests/eval/deepplanning/make_fixture.py OUT_DIR
+    python -m eval.deepplanning.fixture OUT_DIR [--score]
 
 writes ``OUT_DIR/database/id_{0,1}/`` (the seven CSV tables; flights.csv header-only),
 ``OUT_DIR/queries.json`` (the two tasks with the real meta_info of the shipped query file, written
@@ -21,10 +21,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[2]))
-
-from eval.deepplanning.database import TABLES  # noqa: E402
+from eval.deepplanning.database import TABLES
 
 # ------------------------------------------------------------------------- tasks (real meta_info)
 
@@ -410,7 +407,7 @@ def score_all(paths: Dict[str, Path]) -> List[str]:
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if a != "--score"]
     if len(args) != 1:
-        raise SystemExit("usage: python tests/eval/deepplanning/make_fixture.py OUT_DIR [--score]")
+        raise SystemExit("usage: python -m eval.deepplanning.fixture OUT_DIR [--score]")
     built = build(Path(args[0]))
     for what, p in built.items():
         print(f"{what}: {p}")
