@@ -19,6 +19,7 @@ setup(
         "tqdm",
         "math-verify>=0.7",
         "matplotlib",
+        "httpx",  # the served teacher's client (opsd.teacher_service)
     ],
     extras_require={
         # GPU rollout engine. Lower bound 0.11: the V1 engine only (V0 was removed), whose APIs the

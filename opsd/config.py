@@ -37,6 +37,10 @@ class ModelConfig:
     attn_implementation: Optional[str] = _f(None, "HF attention implementation (eager, sdpa, flash_attention_2)")
     gradient_checkpointing: bool = _f(False, "activation checkpointing in the student")
     trust_remote_code: bool = _f(False, "passed to from_pretrained")
+    teacher_tokenizer: str = _f("", "the teacher's own tokenizer (folder) when it differs from the student's: "
+                                    "cross-tokenizer distillation (opsd.xtok, docs/cross-tokenizer.md); '' = shared")
+    teacher_chat_template: Optional[str] = _f(None, "Jinja chat template of the teacher (file or string); "
+                                                    "None = its tokenizer's own")
 
     def validate(self):
         if not self.student:
@@ -113,7 +117,7 @@ class RolloutConfig:
 
 
 LOSS_TYPES = ["reverse_kl", "forward_kl", "jsd"]
-LOSS_IMPLS = ["fused", "autograd", "recompute"]  # opsd.losses.IMPLS (config stays torch-free)
+LOSS_IMPLS = ["fused", "autograd", "recompute"]  # loss.impl's one rule, also opsd.losses' guard
 
 
 @dataclass
@@ -127,8 +131,18 @@ class LossConfig:
     teacher_topk: Optional[int] = _f(None, "keep only the teacher's top-k log-probs (+ tail bucket); None = exact")
     reward_fn: Optional[str] = _f(None, "verifiable reward 'module:function(response_text, answer) -> float'")
     reward_beta: Optional[float] = _f(None, "reward-weighted distillation temperature; None = off")
+    cross_tokenizer: str = _f("bpm", "with model.teacher_tokenizer: bpm (byte-prefix marginal over the student's "
+                                     "vocabulary) | strict (one-to-one boundaries, shared sub-vocabulary) | uld "
+                                     "(sorted probabilities, a research peer)")
+    keep_bound_rows: bool = _f(False, "cross-tokenizer: keep rows where BPM is a bound (default: left out of the "
+                                      "loss and of TIP's ranking)")
+    min_map_coverage: float = _f(0.2, "cross-tokenizer: refuse a pair whose teacher->student map sends less than "
+                                      "this share of the teacher's vocabulary to a student token")
 
     def validate(self):
+        _choice("loss.cross_tokenizer", self.cross_tokenizer, ["bpm", "strict", "uld"])
+        if not 0 <= self.min_map_coverage <= 1:
+            raise ConfigError(f"loss.min_map_coverage must be in [0, 1], got {self.min_map_coverage}")
         if self.type not in LOSS_TYPES:
             raise ConfigError(f"loss.type={self.type!r} is unknown; choose one of {LOSS_TYPES}")
         if not 0 < self.jsd_beta < 1:
@@ -177,19 +191,42 @@ class EngineConfig:
     offload_params: bool = _f(False, "ZeRO-3: parameters on CPU")
     micro_batch_size: int = _f(4, "sequences per rank per micro-step")
     device: str = _f("auto", "auto | cpu | cuda")
-    teacher_placement: str = _f("resident", "resident | offload (teacher to CPU while the student trains)")
+    teacher_placement: str = _f("resident", "resident | offload (teacher to CPU while the student trains) | "
+                                            "server (a vLLM teacher service at engine.teacher_url, "
+                                            "opsd.teacher_service)")
     teacher_sharding: str = _f("none", "none (a full teacher per rank) | zero3 (teacher partitioned over the "
                                        "data-parallel ranks, DeepSpeed ZeRO-3 inference)")
     micro_batch_tokens: Optional[int] = _f(None, "token budget per rank per micro-step (padded: rows x longest; "
                                                  "packed: total length); None = micro_batch_size sequences")
     packing: bool = _f(False, "pack each micro-batch's sequences in one row without padding "
                               "(needs an attention implementation that honours packed position ids)")
+    teacher_url: str = _f("", "teacher_placement=server: the teacher service's base URL (http://host:port)")
+    teacher_server_output: str = _f("hidden", "teacher_placement=server: hidden (last hidden states; exact, the "
+                                              "head is loaded locally) | topk (prompt log-probs, k = "
+                                              "loss.teacher_topk)")
+    teacher_timeout_s: float = _f(120.0, "teacher_placement=server: seconds one request may take")
+    teacher_retries: int = _f(3, "teacher_placement=server: retries of a failed request before the run stops")
+    teacher_backoff_s: float = _f(1.0, "teacher_placement=server: wait before the first retry (doubles each time)")
+    teacher_concurrency: int = _f(4, "teacher_placement=server: requests in flight (one per micro-batch)")
 
     def validate(self):
         _choice("engine.zero_stage", self.zero_stage, [0, 1, 2, 3])
         _positive("engine.micro_batch_size", self.micro_batch_size)
         _choice("engine.device", self.device, ["auto", "cpu", "cuda"])
-        _choice("engine.teacher_placement", self.teacher_placement, ["resident", "offload"])
+        _choice("engine.teacher_placement", self.teacher_placement, ["resident", "offload", "server"])
+        _choice("engine.teacher_server_output", self.teacher_server_output, ["hidden", "topk"])
+        _positive("engine.teacher_timeout_s", self.teacher_timeout_s)
+        _positive("engine.teacher_concurrency", self.teacher_concurrency)
+        if self.teacher_retries < 0 or self.teacher_backoff_s < 0:
+            raise ConfigError(f"engine.teacher_retries and engine.teacher_backoff_s must be >= 0, got "
+                              f"{self.teacher_retries} and {self.teacher_backoff_s}")
+        if self.teacher_placement == "server":
+            if not self.teacher_url.startswith(("http://", "https://")):
+                raise ConfigError(f"engine.teacher_placement=server needs engine.teacher_url=http://host:port (the "
+                                  f"URL `python -m opsd.teacher_service serve` prints), got {self.teacher_url!r}")
+            if self.teacher_sharding != "none":
+                raise ConfigError("engine.teacher_sharding=zero3 shards an in-process teacher; a served teacher "
+                                  "(engine.teacher_placement=server) needs engine.teacher_sharding=none")
         _choice("engine.teacher_sharding", self.teacher_sharding, ["none", "zero3"])
         if self.micro_batch_tokens is not None:
             _positive("engine.micro_batch_tokens", self.micro_batch_tokens)
@@ -205,6 +242,9 @@ class EngineConfig:
                 f"{longest}: a prompt of up to {longest} tokens plus its response must fit one micro-batch; "
                 "raise engine.micro_batch_tokens, lower data.max_prompt_length, or unset "
                 "engine.micro_batch_tokens to count sequences (engine.micro_batch_size)")
+        if self.teacher_placement == "server" and self.teacher_server_output == "topk" and not cfg.loss.teacher_topk:
+            raise ConfigError("engine.teacher_server_output=topk needs loss.teacher_topk=K (the log-probabilities "
+                              "per position the service returns)")
         attn = cfg.model.attn_implementation
         if self.packing and attn is not None and attn not in PACKING_ATTENTION:
             raise ConfigError(

@@ -34,7 +34,8 @@ replace it; :func:`opsd.trainer.build_teacher` picks one from the config):
 - ``score_phase(batches, vocab_size, meta) -> sources``: one logit source per micro-batch
   (:class:`~opsd.losses.HiddenLogits`, :class:`~opsd.losses.TeacherTopK`, or anything with
   ``__len__`` and ``rows(idx)``), consumed chunk by chunk during the student's update, so a source
-  may still be arriving when this returns; ``meta[j]`` is the data row of the step's sequence ``j``
+  may still be arriving when this returns (such a source has ``resolve()``: the trainer calls it on
+  every rank before the micro-batch's forward, so a failure stops all ranks alike); ``meta[j]`` is the data row of the step's sequence ``j``
   (``batch["rows"]`` indexes it). It may zero ``loss_mask`` entries of a batch (rows it cannot
   score exactly): the trainer counts tokens after it, and the source then has one row per
   remaining loss position;

@@ -305,6 +305,8 @@ class Trainer:
         totals, diag_parts, dev = StepTotals(), [], self.device
         skipped_before = self.engine.skipped_steps
         for i, (b, src) in enumerate(zip(step.batches, sources)):
+            if hasattr(src, "resolve"):  # still arriving (a served teacher): a failure stops every rank here,
+                self._on_every_rank(src.resolve)  # not inside the forward's collectives
             # One optimizer step per update, at the last micro-batch: their number varies by step
             # with a token budget, while DeepSpeed's gradient_accumulation_steps is fixed at setup.
             self.engine.set_gradient_accumulation_boundary(i == len(step.batches) - 1)
@@ -402,7 +404,8 @@ class Trainer:
         try:
             yield
         except self._FAILURES as e:
-            what = "the rollout engine failed" if isinstance(e, RolloutEngineError) else "weight sync failed"
+            what = getattr(e, "what", None) or (
+                "the rollout engine failed" if isinstance(e, RolloutEngineError) else "weight sync failed")
             raise TrainingAborted(f"{where}: {what}: {e}\nStopped without saving {where}; "
                                   f"{self._resume_hint()}") from e
 
@@ -467,10 +470,14 @@ def build_teacher(cfg, device: torch.device, tokenizer):
     :mod:`opsd.teacher_service`), with another tokenizer (``model.teacher_tokenizer``,
     :mod:`opsd.xtok`), or in process (:func:`load_teacher`, the student's tokenizer checked)."""
     if cfg.engine.teacher_placement == "server":
+        if cfg.model.teacher_tokenizer:
+            raise ConfigError("model.teacher_tokenizer (a teacher with another tokenizer) is not supported with "
+                              "engine.teacher_placement=server yet: serve a teacher that shares the student's "
+                              "tokenizer, or run the other-tokenizer teacher in process")
         from opsd.teacher_service import build_served_teacher
 
         return build_served_teacher(cfg, device, tokenizer)
-    if getattr(cfg.model, "teacher_tokenizer", ""):
+    if cfg.model.teacher_tokenizer:
         from opsd.xtok import build_cross_tokenizer_teacher
 
         return build_cross_tokenizer_teacher(cfg, device, tokenizer)

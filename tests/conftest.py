@@ -12,7 +12,7 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.join(os.path.expanduser("~
 
 import pytest
 
-from _tiny_world import make_tiny_lm, save_tiny_lm, write_prompts  # noqa: E402,F401  (make_tiny_lm: test_xtok)
+from _tiny_world import save_tiny_lm, write_prompts  # noqa: E402
 
 
 def save_pair(root, tok, seeds):
