@@ -520,7 +520,7 @@ class _PhaseMarks:
 
 def make_batch(setup: Setup) -> dict:
     """A micro-batch of ``seqs`` sequences, prompt + response, no padding; ``loss_mask`` marks the
-    logit positions that predict a response token (as opsd.data.build_sequences does)."""
+    logit positions that predict a response token (as opsd.batching.build_sequences does)."""
     g = torch.Generator().manual_seed(0)
     length = setup.prompt_len + setup.response_len
     ids = torch.randint(0, setup.vocab_size, (setup.seqs, length), generator=g)

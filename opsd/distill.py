@@ -59,7 +59,7 @@ class DistillModule(nn.Module):
         positions (in row-major order). ``token_weights``: optional ``(N,)`` per-token weights
         (reward weighting). ``token_groups``: optional ``(B, L)`` int labels on the same positions
         as ``loss_mask`` (agentic: each token's role), passed to the hook as ``stats.token_group``.
-        ``position_ids``: packed micro-batches (:mod:`opsd.packing`): ``(1, T)`` restarting at 0 per
+        ``position_ids``: packed micro-batches (:mod:`opsd.batching`): ``(1, T)`` restarting at 0 per
         sequence, with ``attention_mask`` None. Returns ``(loss_sum, stats, selection, kept_global)``
         as described by :class:`MicroBatchOutput`."""
         # use_cache=False: transformers would otherwise build a KV cache (config.use_cache), and with a

@@ -144,7 +144,7 @@ class Teacher:
     def score(self, input_ids: torch.Tensor, attention_mask, loss_mask: torch.Tensor, vocab_size: int,
               position_ids=None):
         """Teacher source for the loss positions of one micro-batch: hidden states, or top-k.
-        Packed micro-batches (:mod:`opsd.packing`) pass ``position_ids`` and no attention mask."""
+        Packed micro-batches (:mod:`opsd.batching`) pass ``position_ids`` and no attention mask."""
         dev = self.device
         hidden = self.body(input_ids.to(dev), _to(attention_mask, dev), _to(position_ids, dev))  # (B, L, d_T)
         hidden = hidden[loss_mask.to(dev).bool()]  # (N, d_T)

@@ -1,6 +1,6 @@
 """Packed rows on sdpa without a dense mask: causal attention run sequence by sequence.
 
-A packed micro-batch (:mod:`opsd.packing`) is one row of several sequences whose position ids
+A packed micro-batch (:mod:`opsd.batching`) is one row of several sequences whose position ids
 restart at 0. transformers' own sdpa path keeps attention inside each of them with a block-diagonal
 causal mask over the whole row: a ``(T, T)`` mask and a ``(T, T)`` score matrix per head, so a row of
 sequences of lengths ``L_i`` costs ``(sum L_i)^2`` where the sequences need ``sum L_i^2``, and on CPU
