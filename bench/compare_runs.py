@@ -42,10 +42,15 @@ def main(argv=None) -> int:
     keys = sorted({k for row in ma + mb for k in row if k not in SKIP and not k.endswith("_s")})
     diff = [(x.get("step"), k, x.get(k), y.get(k)) for x, y in zip(ma, mb) for k in keys if x.get(k) != y.get(k)]
     wa, wb = weights(args.a), weights(args.b)
-    same_w = wa.keys() == wb.keys() and all(wa[k].equal(wb[k]) for k in wa)
+    common = sorted(wa.keys() & wb.keys())
+    unequal = [k for k in common if not wa[k].equal(wb[k])]
+    only = sorted(wa.keys() ^ wb.keys())
+    same_w = not unequal and not only
     print(f"steps {len(ma)} vs {len(mb)}; {len(keys)} metrics compared per step; differing entries: {len(diff)}"
           + (f" (first: {diff[:3]})" if diff else ""))
-    print(f"final exported weights ({len(wa)} tensors) bit-identical: {same_w}")
+    print(f"final exported weights bit-identical: {same_w} ({len(common) - len(unequal)} of {len(common)} common "
+          f"tensors equal" + (f"; differing: {unequal[:5]}" if unequal else "")
+          + (f"; in one export only: {only}" if only else "") + ")")
     print("losses:", ", ".join(f"{row['loss']:.6f}" for row in ma if "loss" in row))
     return 0 if (len(ma) == len(mb) and not diff and same_w) else 1
 
