@@ -45,8 +45,6 @@ class ModelConfig:
     def validate(self):
         if not self.student:
             raise ConfigError("model.student is required (a HF model folder or hub id)")
-        if not self.teacher:
-            raise ConfigError("model.teacher is required (a HF model folder or hub id)")
         _choice("model.dtype", self.dtype, ["float32", "bfloat16", "float16"])
 
 
@@ -61,6 +59,11 @@ class DataConfig:
     enable_thinking: Optional[bool] = _f(None, "chat-template thinking switch (None: template default)")
     max_prompt_length: int = _f(2048, "prompts longer than this (tokens) are dropped, with a count logged")
     shuffle: bool = _f(True, "shuffle prompts each epoch (seeded by train.seed)")
+    teacher_field: str = _f("teacher", "with several teachers (`teachers:`): the column naming a row's teacher "
+                                       "(rows without it: the first teacher listed)")
+    teacher_router: Optional[str] = _f(None, "with several teachers: 'module:function' mapping a data row (dict: its "
+                                             "prompt, answer, source_file, source_row, teacher column) to a "
+                                             "teacher's name; replaces data.teacher_field")
 
     def validate(self):
         if not self.train_files:
@@ -285,6 +288,31 @@ class LoggingConfig:
 
 
 @dataclass
+class TeacherSpec:
+    """One of several teachers (the top-level ``teachers:`` list, :mod:`opsd.teachers`)."""
+
+    name: str = _f("", "the name rows use to pick this teacher (data.teacher_field or data.teacher_router)")
+    model: str = _f("", "HF folder or hub id; served: the checkpoint the service serves (its head is loaded here)")
+    placement: Optional[str] = _f(None, "resident | offload | server; None = engine.teacher_placement")
+    url: str = _f("", "placement=server: the service's base URL (http://host:port)")
+
+    def validate(self, i: int, engine: "EngineConfig"):
+        at = f"teachers[{i}]"
+        if not self.name or not isinstance(self.name, str):
+            raise ConfigError(f"{at}.name is required (rows name their teacher by it)")
+        if not self.model:
+            raise ConfigError(f"{at} ({self.name!r}).model is required (a HF model folder or hub id)")
+        placement = self.placement or engine.teacher_placement
+        _choice(f"{at}.placement", placement, ["resident", "offload", "server"])
+        url = self.url or (engine.teacher_url if placement == "server" else "")
+        if placement == "server" and not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{at} ({self.name!r}) is served: it needs url: http://host:port, got {url!r}")
+        if placement != "server" and self.url:
+            raise ConfigError(f"{at} ({self.name!r}).url is set but its placement is {placement!r}: "
+                              "set placement: server")
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -294,6 +322,8 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # Several teachers (opsd.teachers): a list of TeacherSpec; empty = the one model.teacher.
+    teachers: List[TeacherSpec] = field(default_factory=list)
     # Sections registered by plugins (opsd.plugins), e.g. ``tip``; absent = not activated.
     plugins: Dict[str, Any] = field(default_factory=dict)
 
@@ -303,13 +333,39 @@ class Config:
             if hasattr(sec, "validate"):
                 sec.validate()
         self.engine.check_with(self)
+        self._check_teachers()
         for sec in self.plugins.values():
             if hasattr(sec, "validate"):
                 sec.validate()
         return self
 
+    def _check_teachers(self) -> None:
+        if not self.teachers:
+            if not self.model.teacher:
+                raise ConfigError("model.teacher is required (a HF model folder or hub id), or a `teachers:` list")
+            return
+        if self.model.teacher:
+            raise ConfigError(f"model.teacher={self.model.teacher!r} and `teachers:` are both set: list every "
+                              "teacher under `teachers:` (name, model, placement, url) and leave model.teacher unset")
+        names = [t.name for t in self.teachers]
+        for i, t in enumerate(self.teachers):
+            t.validate(i, self.engine)
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"teachers: the names {dup} are listed more than once")
+        for option, value in (("model.teacher_tokenizer", self.model.teacher_tokenizer),
+                              ("loss.teacher_topk", self.loss.teacher_topk)):
+            if value:
+                raise ConfigError(f"{option}={value!r} is not supported with several teachers (`teachers:`) yet: "
+                                  "their logit sources are combined row by row, exact hidden-state sources only")
+        if self.engine.teacher_placement == "server" and self.engine.teacher_server_output != "hidden":
+            raise ConfigError("engine.teacher_server_output=topk is not supported with several teachers yet")
+
     def to_dict(self) -> dict:
-        out = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in fields(self) if f.name != "plugins"}
+        out = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in fields(self)
+               if f.name not in ("plugins", "teachers")}
+        if self.teachers:
+            out["teachers"] = [dataclasses.asdict(t) for t in self.teachers]
         for name, sec in self.plugins.items():
             out[name] = dataclasses.asdict(sec)
         return out
@@ -334,7 +390,7 @@ def _positive(name, value):
 def _section_types() -> Dict[str, type]:
     from opsd.plugins import registry
 
-    types = {f.name: f.default_factory().__class__ for f in fields(Config) if f.name != "plugins"}
+    types = {f.name: f.default_factory().__class__ for f in fields(Config) if f.name not in ("plugins", "teachers")}
     for name, plug in registry().sections.items():
         types[name] = plug.config_cls
     return types
@@ -446,6 +502,9 @@ def config_from_dict(raw: dict, validate: bool = True) -> Config:
     types = _section_types()
     cfg = Config()
     for sec_name, values in raw.items():
+        if sec_name == "teachers":
+            cfg.teachers = _teacher_specs(values)
+            continue
         if sec_name not in types:
             near = difflib.get_close_matches(sec_name, types, n=1)
             hint = f" (did you mean {near[0]}?)" if near else ""
@@ -459,10 +518,19 @@ def config_from_dict(raw: dict, validate: bool = True) -> Config:
     return cfg.validate() if validate else cfg
 
 
+def _teacher_specs(values) -> List[TeacherSpec]:
+    """``teachers:``: a list of mappings (name, model, placement, url)."""
+    if values is None:
+        return []
+    if not isinstance(values, (list, tuple)):
+        raise ConfigError(f"`teachers:` must be a list of mappings (name, model, placement, url), got {values!r}")
+    return [_build_section(f"teachers[{i}]", TeacherSpec, v) for i, v in enumerate(values)]
+
+
 def describe() -> str:
     """Help text for every option, for ``--help``."""
     lines = []
-    for sec_name, cls in _section_types().items():
+    for sec_name, cls in {**_section_types(), "teachers[i]": TeacherSpec}.items():
         lines.append(f"[{sec_name}]")
         for f in fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

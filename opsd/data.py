@@ -83,6 +83,7 @@ def load_prompt_dataset(
     answer_field: Optional[str] = "answer",
     messages_field: Optional[str] = None,
     cache_dir: Optional[str] = None,
+    keep_fields: Sequence[str] = (),
 ):
     """Read prompt files into one ``datasets.Dataset`` with canonical columns.
 
@@ -91,17 +92,24 @@ def load_prompt_dataset(
     when ``messages_field`` is set, ``messages`` (the whole conversation). With ``messages_field``
     the prompt is the conversation without its trailing assistant turns (the turn the student
     generates) and ``prompt_field`` is not read. Field names may be dotted paths into nested
-    records, e.g. ``answer_field="reward_model.ground_truth"`` (DAPO-Math-17k).
+    records, e.g. ``answer_field="reward_model.ground_truth"`` (DAPO-Math-17k). ``keep_fields``:
+    more columns kept as they are, under their own names (None in rows or files without them),
+    e.g. ``data.teacher_field`` (several teachers, :mod:`opsd.teachers`).
     """
     import datasets  # lazy: keeps `import opsd` light
 
     columns: Dict[str, list] = {"prompt": [], "answer": [], "source_file": [], "source_row": []}
     if messages_field:
         columns["messages"] = []
+    for name in keep_fields:
+        columns.setdefault(name, [])
     for path in resolve_data_files(files):
         table = _load_file(path, cache_dir)
         for key, values in _normalize_file(table, path, prompt_field, answer_field, messages_field).items():
             columns[key].extend(values)
+        for name in keep_fields:
+            if name not in ("prompt", "answer", "source_file", "source_row", "messages"):
+                columns[name].extend(None if (v := _field(row, name)) is _MISSING else v for row in table)
     _check_same_prompt_kind(columns["prompt"], columns["source_file"])
     try:
         return datasets.Dataset.from_dict(columns)
@@ -382,9 +390,10 @@ def _as_id_list(out: Any) -> List[int]:
 class PromptDataset:
     """Chat-templated, length-filtered prompts; ``ds[i]`` is an item dict.
 
-    Item: ``{"prompt_ids": list[int], "answer": str | None, "index": int}`` where ``index`` is the
-    row of the loaded (unfiltered) dataset, a stable id for logs; multi-turn data adds
-    ``"messages"`` (the whole conversation, for :func:`build_multiturn_sample`).
+    Item: ``{"prompt_ids": list[int], "answer": str | None, "index": int, "source_file": str,
+    "source_row": int}`` where ``index`` is the row of the loaded (unfiltered) dataset, a stable id
+    for logs; multi-turn data adds ``"messages"`` (the whole conversation), and the dataset's other
+    columns (``keep_fields`` of :func:`load_prompt_dataset`) are copied under their names.
     """
 
     def __init__(self, dataset, tokenizer, max_prompt_length: int, system_prompt: Optional[str] = None,
@@ -396,12 +405,15 @@ class PromptDataset:
         prompt_ids = _encode_prompts(dataset, tokenizer, system_prompt, prompt_template, enable_thinking)
         answers = list(dataset["answer"]) if "answer" in dataset.column_names else [None] * len(prompt_ids)
         conversations = list(dataset["messages"]) if "messages" in dataset.column_names else None
+        canonical = {"prompt", "answer", "messages"}
+        extra = {c: list(dataset[c]) for c in dataset.column_names if c not in canonical}  # source_file/row, ...
         self.items: List[Dict[str, Any]] = []
         for index, ids in enumerate(prompt_ids):
             if len(ids) <= max_prompt_length:
                 item = {"prompt_ids": ids, "answer": answers[index], "index": index}
                 if conversations is not None:
                     item["messages"] = conversations[index]
+                item.update({c: col[index] for c, col in extra.items()})
                 self.items.append(item)
         self._report_filtering(len(prompt_ids), min(map(len, prompt_ids), default=0))
 
@@ -410,9 +422,9 @@ class PromptDataset:
                    prompt_field: str = "prompt", answer_field: Optional[str] = "answer",
                    messages_field: Optional[str] = None, system_prompt: Optional[str] = None,
                    prompt_template: str = PROMPT_PLACEHOLDER, enable_thinking: Optional[bool] = None,
-                   cache_dir: Optional[str] = None) -> "PromptDataset":
+                   cache_dir: Optional[str] = None, keep_fields: Sequence[str] = ()) -> "PromptDataset":
         """Load (:func:`load_prompt_dataset`) and tokenize in one call; arguments = DataConfig fields."""
-        dataset = load_prompt_dataset(files, prompt_field, answer_field, messages_field, cache_dir)
+        dataset = load_prompt_dataset(files, prompt_field, answer_field, messages_field, cache_dir, keep_fields)
         return cls(dataset, tokenizer, max_prompt_length, system_prompt, prompt_template, enable_thinking)
 
     def _report_filtering(self, total: int, shortest: int) -> None:

@@ -112,6 +112,10 @@ class Trainer:
         self.sampler = data.PromptSampler(len(self.train_data), cfg.train.prompts_per_step, self.rank, self.world,
                                           seed=cfg.train.seed, shuffle=cfg.data.shuffle)
         self.eval_data = self._prompts(cfg.train.eval_files) if cfg.train.eval_files else None
+        if cfg.teachers:  # several teachers: every row's teacher is known before any loads
+            from opsd.teachers import routing
+
+            routing(cfg).check_rows(self.train_data)
 
         student = models.load_causal_lm(cfg.model.student, cfg.model.dtype, cfg.model.attn_implementation,
                                         cfg.model.trust_remote_code)
@@ -126,7 +130,10 @@ class Trainer:
         self.student = self.engine.module.model
         self.backend = make_backend(cfg.rollout, self.student, self.tokenizer, cfg.model.student,
                                     dtype=cfg.model.dtype, seed=cfg.train.seed)
-        self.engine.module.group_names = dict(self.loop.group_names)
+        self.group_names = dict(self.loop.group_names)  # token groups (roles; teachers: opsd.teachers)
+        if hasattr(self.teacher, "group_names"):
+            self.group_names = self.teacher.group_names(self.group_names)
+        self.engine.module.group_names = self.group_names
         self.sampling = SamplingConfig(cfg.rollout.temperature, cfg.rollout.top_p, cfg.rollout.top_k,
                                        cfg.rollout.max_new_tokens, cfg.rollout.n)
 
@@ -303,6 +310,7 @@ class Trainer:
             return {**metrics, "loss": 0.0, "skipped": 1}
 
         totals, diag_parts, dev = StepTotals(), [], self.device
+        groups = GroupTotals(self.group_names)
         skipped_before = self.engine.skipped_steps
         for i, (b, src) in enumerate(zip(step.batches, sources)):
             if hasattr(src, "resolve"):  # still arriving (a served teacher): a failure stops every rank here,
@@ -322,6 +330,7 @@ class Trainer:
                        entropy=stats.entropy.sum().item(), teacher_entropy=stats.teacher_entropy.sum().item(),
                        kept=len(sel.indices), padding=padding, slots=slots, empty_micro_batches=float(not b["rows"]))
             diag_parts.append((sel.diagnostics, step.share(i)))
+            groups.add(stats)
         self.teacher.after_update()
         totals.add(fallback_rows=take_fallback_rows())  # rows the closed-form loss redid by autograd (warned there)
         totals = totals.all_reduced()
@@ -335,7 +344,8 @@ class Trainer:
                        loss_fallback_rows=int(totals.fallback_rows),
                        grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
                        skipped=int(self.engine.skipped_steps > skipped_before),
-                       **hooks.aggregate_diagnostics(diag_parts), **self.teacher.metrics())
+                       **hooks.aggregate_diagnostics(diag_parts), **groups.all_reduced(),
+                       **self.teacher.metrics())
         if metrics["skipped"]:
             log.warning("step %d: non-finite gradient norm; optimizer step skipped", self.step + 1)
         return metrics
@@ -465,10 +475,44 @@ class Trainer:
             self._engines_destroyed = True
 
 
+class GroupTotals:
+    """Per token group (an agent loop's token roles, several teachers' labels: ``group_names``),
+    the step's response tokens and their reverse KL, summed over micro-batches and ranks:
+    ``group/NAME/tokens`` and ``group/NAME/reverse_kl`` (the group's token mean)."""
+
+    def __init__(self, names: dict):
+        self.names = dict(names)
+        self.sums = torch.zeros(max(self.names, default=-1) + 1, 2, dtype=torch.float64)
+
+    def add(self, stats) -> None:
+        if not self.names or stats.token_group is None or not stats.token_group.numel():
+            return
+        g = stats.token_group.detach().long().cpu()
+        ok = (g >= 0) & (g < self.sums.shape[0])
+        vals = torch.stack([torch.ones_like(stats.reverse_kl), stats.reverse_kl.detach()], 1).double().cpu()
+        self.sums.index_add_(0, g[ok], vals[ok])
+
+    def all_reduced(self) -> dict:
+        if not self.names:
+            return {}
+        s = all_reduce_host(self.sums.clone())
+        out = {}
+        for label, name in self.names.items():
+            n, kl = s[label].tolist()
+            out[f"group/{name}/tokens"] = n
+            out[f"group/{name}/reverse_kl"] = kl / n if n else 0.0
+        return out
+
+
 def build_teacher(cfg, device: torch.device, tokenizer):
-    """The teacher of ``cfg`` behind :mod:`opsd.teacher`'s interface: served (``engine.teacher_placement=server``,
+    """The teacher of ``cfg`` behind :mod:`opsd.teacher`'s interface: several (``teachers:``, :mod:`opsd.teachers`),
+    served (``engine.teacher_placement=server``,
     :mod:`opsd.teacher_service`), with another tokenizer (``model.teacher_tokenizer``,
     :mod:`opsd.xtok`), or in process (:func:`load_teacher`, the student's tokenizer checked)."""
+    if cfg.teachers:
+        from opsd.teachers import build_pool
+
+        return build_pool(cfg, device, tokenizer, build_teacher)
     if cfg.engine.teacher_placement == "server":
         if cfg.model.teacher_tokenizer:
             raise ConfigError("model.teacher_tokenizer (a teacher with another tokenizer) is not supported with "

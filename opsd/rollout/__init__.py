@@ -27,7 +27,8 @@ def make_loop(cfg, tokenizer, reward_fn=None) -> RolloutLoop:
         return PromptDataset.from_files(files, tokenizer, d.max_prompt_length, prompt_field=d.prompt_field,
                                         answer_field=d.answer_field, messages_field=d.messages_field,
                                         system_prompt=d.system_prompt, prompt_template=d.prompt_template,
-                                        enable_thinking=d.enable_thinking)
+                                        enable_thinking=d.enable_thinking,
+                                        keep_fields=[d.teacher_field] if cfg.teachers else [])
 
     return SingleTurn(tokenizer, reward_fn, r.max_new_tokens, load_rows)
 

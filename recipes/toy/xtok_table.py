@@ -1,7 +1,7 @@
 """Cross-tokenizer OPD on the toy world: same-tokenizer teacher vs BPM vs strict vs ULD-style, per seed.
 
     python -m opsd.toy.xtok_world                                  # the BPE teacher (artifacts/toy_xtok)
-    python recipes/toy/xtok_table.py --seeds 0,1,2 --steps 40      # -> runs/xtok_table/{results.json,table.md}
+    python recipes/toy/xtok_table.py --seeds 0,1,2 --steps 100     # -> runs/xtok_table/{results.json,table.md}
 
 Rows: ``same`` = ``recipes/toy/opd.yaml`` (the world's own character-level teacher); ``bpm``,
 ``strict``, ``uld`` = ``recipes/toy/xtok.yaml`` (the BPE teacher) with ``loss.cross_tokenizer``.
@@ -103,7 +103,7 @@ def table(results, teachers) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=100)  # the toy recipes' own
     ap.add_argument("--rows", default=",".join(ROWS))
     ap.add_argument("--out", default="runs/xtok_table")
     ap.add_argument("--swap", action="store_true", help="the BPE model is the student, the world's teacher teaches")
