@@ -25,6 +25,20 @@ sampled student token ends inside teacher token ``j`` (its bytes never cross a t
 teacher positions, so the one-position target under-weights it. Bound rows are left out of the loss
 and of TIP's ranking (their ``loss_mask`` set to 0) unless ``loss.keep_bound_rows``.
 
+Lookback. The teacher's distribution at position ``j`` is conditioned on its *canonical* previous
+token ``t_{j-1}`` (bytes ``prev``): a tokenizer that would have written the next bytes inside a
+longer previous token (``'. '`` then ``'A'`` is written ``'. Answer: '``) gives them almost no mass at
+``j``, although the teacher puts mass on them one position earlier. So when a teacher token longer
+than ``prev`` starts with ``prev + e`` (:meth:`VocabMap.lookback`), the row's target is the byte-level
+marginal over both positions: ``q(v) ∝ p_{j-1}(prev) · m_j(v) + sum p_{j-1}(t)`` over those longer
+``t`` whose bytes after ``prev + e`` map to ``v``, normalised by ``p_{j-1}(prev) · P_j(e) +
+P_{j-1}(starts with prev + e, longer than prev)``, where ``m_j`` is the one-position mass above.
+Without a longer token the second term is empty and the target is the one-position one. One
+token back only (the previous token's own start is taken as final), within a text run of the
+response, ``bpm`` mode only (``strict`` is the baseline without it); counted as
+``xtok/lookback_rows``. On the toy pair this is what makes BPM teach: without it the student
+learns that ``'A'`` never follows ``'. '`` and stops answering (docs/cross-tokenizer.md).
+
 Reverse KL (and the TIP statistics: student entropy, reverse KL to this target) are then exact on
 exact rows w.r.t. this target. Forward KL and JSD use the same target: they measure the
 student against the teacher's next-student-token distribution, with the residual mass renormalised
@@ -194,6 +208,7 @@ class VocabMap:
         self.sorted_keys = [b for b, _ in text]
         self.sorted_ids = torch.tensor([i for _, i in text], dtype=torch.long)
         self._cond: Dict[bytes, tuple] = {}
+        self._look: Dict[tuple, Optional[tuple]] = {}
 
     def longest(self, b: bytes) -> Optional[int]:
         """The student text token that is the longest byte-prefix of ``b`` (None: no such token)."""
@@ -203,15 +218,43 @@ class VocabMap:
                 return j
         return None
 
+    def _range(self, e: bytes) -> tuple:
+        """``(lo, hi)``: the sorted teacher text tokens that start with ``e``."""
+        lo = bisect.bisect_left(self.sorted_keys, e)
+        succ = _successor(e)
+        return lo, len(self.sorted_keys) if succ is None else bisect.bisect_left(self.sorted_keys, succ)
+
+    def lookback(self, prev: bytes, e: bytes) -> Optional[tuple]:
+        """For a row after teacher token bytes ``prev`` (and ``e`` emitted inside the current one): the
+        teacher tokens at the previous position that are ``prev`` (``eq_ids``), those that start with
+        ``prev + e`` and are longer than ``prev`` (``pre_ids``: they already spell the row's next bytes),
+        the ones among them longer than ``prev + e`` (``c_ids``) and the student token (or residual)
+        their bytes after ``prev + e`` map to (``c_tgt``). None when no token extends ``prev`` so:
+        then the previous position adds nothing (the one-position target is the marginal)."""
+        key = (prev, e)
+        if key in self._look:
+            return self._look[key]
+        lo, hi = self._range(prev + e)
+        pre = [(k, i) for k, i in zip(self.sorted_keys[lo:hi], self.sorted_ids[lo:hi].tolist()) if len(k) > len(prev)]
+        hit = None
+        if pre and prev:
+            elo, ehi = self._range(prev)
+            eq = [i for k, i in zip(self.sorted_keys[elo:ehi], self.sorted_ids[elo:ehi].tolist()) if k == prev]
+            n = len(prev + e)
+            cand = [(i, self.longest(k[n:])) for k, i in pre if len(k) > n]
+            hit = (torch.tensor(eq, dtype=torch.long), torch.tensor([i for _, i in pre], dtype=torch.long),
+                   torch.tensor([i for i, _ in cand], dtype=torch.long),
+                   torch.tensor([self.residual if j is None else j for _, j in cand], dtype=torch.long))
+        self._look[key] = hit
+        return hit
+
     def conditioned(self, e: bytes) -> tuple:
         """For emitted bytes ``e`` inside a teacher token: ``(prefix_ids, cand_ids, cand_targets)`` --
         the teacher tokens starting with ``e`` (the conditioning event), those longer than ``e``, and
         the student token (or residual) their remaining bytes map to."""
         hit = self._cond.get(e)
         if hit is None:
-            lo = bisect.bisect_left(self.sorted_keys, e)
-            succ = _successor(e)
-            hi = len(self.sorted_keys) if succ is None else bisect.bisect_left(self.sorted_keys, succ)
+            lo, hi = self._range(e)
             ids = self.sorted_ids[lo:hi]
             cand = [(int(i), self.longest(k[len(e):])) for k, i in zip(self.sorted_keys[lo:hi], ids.tolist())
                     if len(k) > len(e)]
@@ -246,6 +289,7 @@ class Alignment:
     emitted: List[bytes] = field(default_factory=list)
     flag: List[int] = field(default_factory=list)
     one_to_one: List[bool] = field(default_factory=list)
+    prev: List[Optional[bytes]] = field(default_factory=list)  # the previous teacher token's bytes (same text run)
 
 
 def _encode_text(tok, text: str) -> List[int]:
@@ -286,11 +330,12 @@ def align_response(student_ids: Sequence[int], vmap: VocabMap, teacher_tok) -> A
     return al
 
 
-def _add(al: Alignment, pos: int, emitted: bytes, flag: int, one: bool) -> None:
+def _add(al: Alignment, pos: int, emitted: bytes, flag: int, one: bool, prev: Optional[bytes] = None) -> None:
     al.position.append(pos)
     al.emitted.append(emitted)
     al.flag.append(flag)
     al.one_to_one.append(one)
+    al.prev.append(prev)
 
 
 def _align_run(run: List[int], vmap: VocabMap, teacher_tok, al: Alignment) -> None:
@@ -323,7 +368,7 @@ def _align_run(run: List[int], vmap: VocabMap, teacher_tok, al: Alignment) -> No
             j = bisect.bisect_right(starts, b) - 1
             t_end = starts[j] + len(t_pieces[j])
             _add(al, base + j, data[starts[j]:b], EXACT if end <= t_end else BOUND,
-                 starts[j] == b and end == t_end)
+                 starts[j] == b and end == t_end, t_pieces[j - 1] if j > 0 else None)
         b = end
     al.teacher_ids += t_ids + tail_ids
 
@@ -342,16 +387,20 @@ def _lse_scatter(lp: torch.Tensor, index: torch.Tensor, width: int) -> torch.Ten
     return s.log() + safe
 
 
-def bpm_logprobs(lp_t: torch.Tensor, emitted: Sequence[bytes], vmap: VocabMap, strict: bool = False):
+def bpm_logprobs(lp_t: torch.Tensor, emitted: Sequence[bytes], vmap: VocabMap, strict: bool = False,
+                 lookback: Optional[Dict[int, tuple]] = None):
     """Target log-probabilities over the student's vocabulary ``(n, V_S)`` and the residual mass
     ``(n,)``, from the teacher's log-probabilities ``lp_t (n, V_T)`` at the aligned positions and
-    the bytes emitted inside each position's teacher token (module docstring)."""
+    the bytes emitted inside each position's teacher token (module docstring). ``lookback``:
+    ``{row: (lp_prev (V_T,), prev bytes)}``, the previous teacher position of rows whose previous
+    teacher token has extensions (:meth:`VocabMap.lookback`; module docstring, "Lookback")."""
     n, vs = lp_t.shape[0], vmap.n_student
     out = torch.empty(n, vs + 1, dtype=lp_t.dtype, device=lp_t.device)
     plain = [r for r, e in enumerate(emitted) if not e]
     if plain:
         rows = torch.tensor(plain, device=lp_t.device)
         out[rows] = _lse_scatter(lp_t[rows], vmap.shared if strict else vmap.bpm, vs + 1)
+    log_e = torch.zeros(n, dtype=lp_t.dtype, device=lp_t.device)  # log P_T(next token starts with e)
     for r, e in enumerate(emitted):
         if not e:
             continue
@@ -359,9 +408,18 @@ def bpm_logprobs(lp_t: torch.Tensor, emitted: Sequence[bytes], vmap: VocabMap, s
             raise ValueError("strict rows start at a teacher boundary")
         ids, c_ids, c_tgt = vmap.conditioned(e)
         row = lp_t[r]
-        log_prefix = torch.logsumexp(row[ids.to(row.device)], 0)  # log P_T(next token starts with e)
-        q = _lse_scatter((row[c_ids.to(row.device)] - log_prefix).unsqueeze(0), c_tgt, vs + 1)[0]
-        out[r] = q
+        log_e[r] = torch.logsumexp(row[ids.to(row.device)], 0)
+        out[r] = _lse_scatter(row[c_ids.to(row.device)].unsqueeze(0), c_tgt, vs + 1)[0] - log_e[r]
+    for r, (lp_prev, prev) in (lookback or {}).items():
+        hit = None if strict else vmap.lookback(prev, emitted[r])
+        if hit is None:
+            continue
+        eq, pre, c_ids, c_tgt = (t.to(lp_t.device) for t in hit)
+        stay = torch.logsumexp(lp_prev[eq], 0) if eq.numel() else lp_t.new_tensor(float("-inf"))
+        a = stay + out[r] + log_e[r]  # the previous token is ``prev``: this position's (unnormalized) mass
+        b = _lse_scatter(lp_prev[c_ids].unsqueeze(0), c_tgt, vs + 1)[0]  # a longer previous token spells the row
+        norm = torch.logaddexp(stay + log_e[r], torch.logsumexp(lp_prev[pre], 0))
+        out[r] = torch.logaddexp(a, b) - norm
     mapped = torch.logsumexp(out[:, :vs], dim=-1)  # log of the mass that reached a student token
     residual = (1 - mapped.exp()).clamp_min(0)
     target = (out[:, :vs] - mapped[:, None]).clamp_min(FLOOR_LOGP)
@@ -389,27 +447,38 @@ class CrossTokenizerLogits:
     Residual masses are recorded into ``residual (N,)`` as rows are read."""
 
     def __init__(self, hidden, weight, bias, vocab_size: int, emitted: List[bytes], vmap: VocabMap, mode: str,
-                 student=None):
+                 student=None, prev_hidden=None, prev: Optional[Dict[int, bytes]] = None):
         self.hidden, self.weight, self.bias = hidden, weight, bias  # (N, d_T), (V_T, d_T), (V_T,) | None
         self.vocab_size, self.emitted, self.vmap, self.mode = vocab_size, emitted, vmap, mode
         self.student = student  # uld: (hidden (N, d_S), head weight (V, d_S))
+        # lookback rows: row -> (index into prev_hidden (M, d_T), the previous teacher token's bytes)
+        self.prev_hidden, self.prev = prev_hidden, dict(prev or {})
         self.residual = torch.full((len(emitted),), float("nan"))
+
+    def _logprobs(self, h) -> torch.Tensor:
+        w = self.weight
+        z = h.to(w.dtype) @ w.T  # (n, V_T)
+        if self.bias is not None:
+            z = z + self.bias
+        return torch.log_softmax(z.float() if z.dtype not in (torch.float32, torch.float64) else z, dim=-1)
 
     def __len__(self) -> int:
         return self.hidden.shape[0]
 
     def rows(self, idx) -> torch.Tensor:
-        w = self.weight
-        z = self.hidden[idx].to(w.dtype) @ w.T  # (n, V_T)
-        if self.bias is not None:
-            z = z + self.bias
-        lp = torch.log_softmax(z.float() if z.dtype not in (torch.float32, torch.float64) else z, dim=-1)
+        lp = self._logprobs(self.hidden[idx])
         sel = range(len(self))[idx] if isinstance(idx, slice) else [int(i) for i in torch.as_tensor(idx).tolist()]
         if self.mode == "uld":
             hs, ws = self.student
             zs = (hs[idx].to(ws.dtype) @ ws[: self.vocab_size].T).to(lp.dtype)
             return uld_logprobs(lp, zs)
-        target, residual = bpm_logprobs(lp, [self.emitted[i] for i in sel], self.vmap, self.mode == "strict")
+        look = [(k, self.prev[i]) for k, i in enumerate(sel) if i in self.prev] if self.mode == "bpm" else []
+        lookback = {}
+        if look:
+            lp_prev = self._logprobs(self.prev_hidden[torch.tensor([m for _, (m, _) in look], dtype=torch.long,
+                                                                   device=self.prev_hidden.device)])
+            lookback = {k: (lp_prev[a], b) for a, (k, (_, b)) in enumerate(look)}
+        target, residual = bpm_logprobs(lp, [self.emitted[i] for i in sel], self.vmap, self.mode == "strict", lookback)
         self.residual[torch.as_tensor(list(sel), dtype=torch.long)] = residual.detach().cpu().to(self.residual.dtype)
         if target.shape[-1] < self.vocab_size:  # the student's padded rows: never sampled
             target = torch.cat([target, target.new_full((target.shape[0], self.vocab_size - target.shape[-1]),
@@ -502,13 +571,14 @@ class CrossTokenizerTeacher:
         input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in ids])
         attn = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids])
         hidden = inner.body(input_ids.to(dev), attn.to(dev), None)  # (b, L_T, d_T)
-        rows_b, rows_p, emitted, flags, keep = [], [], [], [], []
+        rows_b, rows_p, emitted, flags, keep, prevs = [], [], [], [], [], []
         for k, al in enumerate(aligns):
-            for pos, e, f, one in zip(al.position, al.emitted, al.flag, al.one_to_one):
+            for pos, e, f, one, pv in zip(al.position, al.emitted, al.flag, al.one_to_one, al.prev):
                 rows_b.append(k)
                 rows_p.append(plen[k] + pos - 1)  # the logit that predicts teacher response token pos
                 emitted.append(e)
                 flags.append(f)
+                prevs.append(pv)
                 keep.append(f == EXACT and (one or self.mode != "strict") or
                             f == BOUND and (self.keep_bound_rows or self.mode == "uld"))
         keep_t = torch.tensor(keep, dtype=torch.bool)
@@ -526,12 +596,22 @@ class CrossTokenizerTeacher:
         student = None
         if self.mode == "uld":
             student = self._student_rows(batch, mask)
+        kept = [r for r, k in enumerate(keep) if k]
+        # lookback rows (bpm): the previous teacher token could have been longer (VocabMap.lookback)
+        look = [(n, r) for n, r in enumerate(kept) if self.mode == "bpm" and prevs[r] is not None
+                and self.vmap.lookback(prevs[r], emitted[r]) is not None]
+        prev_hidden = None
+        if look:
+            lb = torch.tensor([rows_b[r] for _, r in look], dtype=torch.long, device=dev)
+            lp_ = torch.tensor([rows_p[r] - 1 for _, r in look], dtype=torch.long, device=dev)
+            prev_hidden = hidden[lb, lp_]  # (M, d_T)
         src = CrossTokenizerLogits(h, inner.head_weight[: self.t_width],
                                    None if inner.head_bias is None else inner.head_bias[: self.t_width], vocab_size,
-                                   [e for e, k in zip(emitted, keep) if k], self.vmap, self.mode, student)
+                                   [emitted[r] for r in kept], self.vmap, self.mode, student, prev_hidden,
+                                   {n: (m, prevs[r]) for m, (n, r) in enumerate(look)})
         ft = torch.tensor(flags, dtype=torch.long)
         counts = dict(rows=len(flags), exact=int((ft == EXACT).sum()), bound=int((ft == BOUND).sum()),
-                      unaligned=int((ft == UNALIGNED).sum()), kept=int(keep_t.sum()),
+                      unaligned=int((ft == UNALIGNED).sum()), kept=int(keep_t.sum()), lookback=len(look),
                       one_to_one=sum(1 for a in aligns for o in a.one_to_one if o))
         self._step.append((src, counts))
         return src
@@ -559,7 +639,8 @@ class CrossTokenizerTeacher:
         n = max(1, tot["rows"])
         out = {"xtok/exact_rows": tot["exact"] / n, "xtok/bound_rows": tot["bound"] / n,
                "xtok/unaligned_rows": tot["unaligned"] / n, "xtok/kept_rows": tot["kept"] / n,
-               "xtok/one_to_one_rows": tot["one_to_one"] / n, "xtok/coverage": self.vmap.coverage}
+               "xtok/one_to_one_rows": tot["one_to_one"] / n, "xtok/lookback_rows": tot["lookback"] / n,
+               "xtok/coverage": self.vmap.coverage}
         if len(res):
             out["xtok/residual_mass"] = float(res.mean())
         return out

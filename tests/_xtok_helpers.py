@@ -122,6 +122,49 @@ def brute_marginal(lp: torch.Tensor, emitted: bytes, t_bytes, s_bytes, controls:
     return q / q.sum()
 
 
+def brute_lookback(lp_prev: torch.Tensor, lp: torch.Tensor, prev: bytes, emitted: bytes, t_bytes, s_bytes,
+                   controls: dict) -> torch.Tensor:
+    """The byte-level marginal of a row over two teacher positions, from the definition: the paths
+    that spell ``prev + emitted`` from the previous position are (a) the previous token is exactly
+    ``prev``, then the row's own position (as :func:`brute_marginal`, unnormalized), and (b) a
+    longer previous token that starts with ``prev + emitted``, whose next bytes are the row's."""
+    pp, p = lp_prev.double().exp().tolist(), lp.double().exp().tolist()
+    stay = sum(pp[t] for t, b in enumerate(t_bytes) if b == prev)
+    q = [0.0] * len(s_bytes)
+    denom = 0.0
+    for t, b in enumerate(t_bytes):  # (a)
+        if b is None:
+            if not emitted:
+                denom += stay * p[t]
+                if t in controls:
+                    q[controls[t]] += stay * p[t]
+            continue
+        if not b.startswith(emitted):
+            continue
+        denom += stay * p[t]
+        best = _longest(b[len(emitted):], s_bytes)
+        if best is not None and len(b) > len(emitted):
+            q[best] += stay * p[t]
+    spelled = prev + emitted
+    for t, b in enumerate(t_bytes):  # (b)
+        if b is None or not b.startswith(spelled) or len(b) <= len(prev):
+            continue
+        denom += pp[t]
+        best = _longest(b[len(spelled):], s_bytes)
+        if best is not None and len(b) > len(spelled):
+            q[best] += pp[t]
+    q = torch.tensor(q, dtype=torch.float64) / denom
+    return q / q.sum()
+
+
+def _longest(rest: bytes, s_bytes):
+    best = None
+    for v, s in enumerate(s_bytes):
+        if s and rest.startswith(s) and (best is None or len(s) > len(s_bytes[best])):
+            best = v
+    return best
+
+
 def brute_flags(s_pieces, t_pieces) -> list:
     """Per student piece (bytes): 0 if it lies inside one teacher piece, 1 if it crosses a boundary."""
     bounds, c = [], 0

@@ -192,8 +192,9 @@ def _remove_orphans(before):
 class Server:
     """``python -m opsd.teacher_service serve`` in the vLLM environment, on a free local port."""
 
-    def __init__(self, py, log_path, output="hidden"):
+    def __init__(self, py, log_path, output="hidden", model=TOY / "teacher"):
         self.py, self.log_path, self.port, self.proc, self.output = py, log_path, _free_port(), None, output
+        self.model = model
         self.url = f"http://127.0.0.1:{self.port}"
 
     def start(self):
@@ -202,7 +203,7 @@ class Server:
         env = {**os.environ, **ENV, "PYTHONPATH": str(ROOT)}
         self.shm_before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([self.py, "-m", "opsd.teacher_service", "serve", "--model", str(TOY / "teacher"),
+        self.proc = subprocess.Popen([self.py, "-m", "opsd.teacher_service", "serve", "--model", str(self.model),
                                       "--port", str(self.port), "--max-model-len", "256", "--output", self.output],
                                      cwd=ROOT, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -245,8 +246,8 @@ def server(tmp_path_factory):
     s.stop()
 
 
-def _train(out, extra=(), timeout=600, check=True):
-    cmd = [sys.executable, "-m", "opsd.train", "--config", str(RECIPE), "train.eval_files=[]", "logging.progress=false",
+def _train(out, extra=(), timeout=600, check=True, recipe=RECIPE):
+    cmd = [sys.executable, "-m", "opsd.train", "--config", str(recipe), "train.eval_files=[]", "logging.progress=false",
            f"train.output_dir={out}", "train.export=false", "tip.rule=soft_or", "tip.ratio=0.2", *extra]
     r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, **ENV}, capture_output=True, text=True, timeout=timeout)
     if check:
@@ -265,7 +266,7 @@ def _served(server, *extra):
 _NOT_COMPARED = ("time", "teacher/", "gen_time_s", "step_time_s", "peak_mem_gb")  # wall clock, memory, wire
 
 
-def _assert_same(a, b, tol=FP32_TOL, tight=()):
+def _assert_same(a, b, tol=FP32_TOL, tight=(), must=("loss", "tip/kept_frac", "tip/q4_kept")):
     """Every logged figure of every step (losses, divergences, entropies, TIP quadrant shares and
     kept fractions, token counts, gradient norm) equal within FP32_TOL relative, plus the logging's
     rounding; the worst relative difference of the loss is returned. ``tol``: another tolerance for
@@ -274,7 +275,7 @@ def _assert_same(a, b, tol=FP32_TOL, tight=()):
     worst = 0.0
     for x, y in zip(a, b):
         keys = [k for k, v in y.items() if isinstance(v, (int, float)) and not k.startswith(_NOT_COMPARED)]
-        assert "loss" in keys and "tip/kept_frac" in keys and "tip/q4_kept" in keys, keys
+        assert all(k in keys for k in must), (must, keys)
         for k in keys:
             t = FP32_TOL if k.startswith(tuple(tight)) else tol
             assert abs(x[k] - y[k]) <= t * abs(y[k]) + LOGGED, (x["step"], k, x[k], y[k])
@@ -381,3 +382,81 @@ def test_topk_mode_equals_the_in_process_topk_teacher(topk_server, tmp_path):
     worst = _assert_same(_metrics(tmp_path / "served"), _metrics(tmp_path / "local"), tol=5e-3,
                          tight=("kept_frac", "tokens", "tip/kept_frac", "tip/q1", "tip/q2", "tip/q3", "tip/q4"))
     print(f"top-k mode: max relative loss difference {worst:.2e}")
+
+
+# ------------------------------------------------------------------ several served teachers; agentic
+
+
+@pytest.fixture(scope="module")
+def cut_server(tmp_path_factory):
+    """A second teacher: the toy teacher without its last layer (another model, the same tokenizer
+    and head), served on its own port."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("cut_teacher")
+    model = AutoModelForCausalLM.from_pretrained(str(TOY / "teacher"))
+    model.model.layers = model.model.layers[:-1]
+    model.config.num_hidden_layers -= 1
+    model.config.layer_types = model.config.layer_types[:-1] if getattr(model.config, "layer_types", None) else None
+    model.save_pretrained(str(root / "cut"))
+    AutoTokenizer.from_pretrained(str(TOY / "teacher")).save_pretrained(str(root / "cut"))
+    s = Server(_vllm_python(), root / "cut.log", model=root / "cut").start()
+    yield s
+    s.stop()
+
+
+@pytest.mark.vllm
+def test_two_served_teachers_route_rows_as_the_in_process_pool(server, cut_server, tmp_path):
+    """Rows routed by a field to two teachers on two ports: every step's figures, per-teacher ones
+    included, equal the same two teachers in process (whose rows equal their own single teacher's:
+    tests/test_teachers.py)."""
+    import yaml
+
+    rows = [json.loads(x) for x in (TOY / "train.jsonl").read_text().splitlines() if x.strip()]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({**r, "teacher": "full" if i % 2 else "cut"}) + "\n" for i, r in enumerate(rows)))
+
+    def run(out, served):
+        spec = [{"name": "full", "model": str(TOY / "teacher")}, {"name": "cut", "model": str(cut_server.model)}]
+        if served:
+            spec[0].update(placement="server", url=server.url)
+            spec[1].update(placement="server", url=cut_server.url)
+        cfg = yaml.safe_load(RECIPE.read_text())
+        cfg["model"].pop("teacher")
+        recipe = tmp_path / f"{out}.yaml"
+        recipe.write_text(yaml.safe_dump({**cfg, "teachers": spec}))
+        _train(tmp_path / out, ["train.max_steps=2", f"data.train_files=[{train}]"], recipe=recipe)
+        return _metrics(tmp_path / out)
+
+    local, served = run("local", False), run("served", True)
+    worst = _assert_same(served, local, must=("loss", "tip/kept_frac", "group/teacher=full/reverse_kl",
+                                              "group/teacher=cut/reverse_kl", "tip/teacher=cut/q3_frac"))
+    print(f"two served teachers: max relative loss difference {worst:.2e}; per teacher "
+          f"{[(m['group/teacher=full/reverse_kl'], m['group/teacher=cut/reverse_kl']) for m in served]}")
+    assert all(m["teachers/full/wait_s"] >= 0 and m["teachers/cut/bytes"] > 0 for m in served)
+    assert all(abs(m["group/teacher=full/reverse_kl"] - m["group/teacher=cut/reverse_kl"]) > 1e-3 for m in served)
+
+
+@pytest.fixture(scope="module")
+def agent_server(tmp_path_factory):
+    s = Server(_vllm_python(), tmp_path_factory.mktemp("server") / "agent.log",
+               model=ROOT / "artifacts" / "agent_toy" / "teacher").start()
+    yield s
+    s.stop()
+
+
+@pytest.mark.vllm
+def test_agentic_tip_run_with_a_served_teacher_equals_the_in_process_one(agent_server, tmp_path):
+    """Multi-turn tool-calling episodes (tool turns in the sequences, not trained) scored by the
+    served teacher: every figure, TIP's selections and its per-role shares included, equals the
+    in-process teacher's."""
+    recipe = ROOT / "recipes" / "toy" / "agent.yaml"
+    steps = ["train.max_steps=2", "train.prompts_per_step=8"]
+    _train(tmp_path / "local", steps, recipe=recipe)
+    _train(tmp_path / "served", [*steps, "engine.teacher_placement=server", f"engine.teacher_url={agent_server.url}"],
+           recipe=recipe)
+    local, served = _metrics(tmp_path / "local"), _metrics(tmp_path / "served")
+    worst = _assert_same(served, local, must=("loss", "tip/kept_frac", "tip/tool_call/q3_frac",
+                                              "group/tool_call/reverse_kl"))
+    print(f"agentic, served vs in-process: max relative loss difference {worst:.2e}; kept_frac "
+          f"{[m['kept_frac'] for m in served]} vs {[m['kept_frac'] for m in local]}")

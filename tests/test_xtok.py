@@ -6,8 +6,8 @@ import random
 import pytest
 import torch
 
-from _xtok_helpers import (SPECIALS, brute_flags, brute_marginal, control_counterparts, multi_bpe, multi_char,
-                           random_text, student_ids, toy_bpe, toy_char)
+from _xtok_helpers import (SPECIALS, brute_flags, brute_lookback, brute_marginal, control_counterparts, multi_bpe,
+                           multi_char, random_text, student_ids, toy_bpe, toy_char)
 
 from opsd import xtok
 from opsd.config import ConfigError
@@ -24,15 +24,22 @@ def _check_rows(teacher_tok, student_tok, ids, seed=0, max_rows=None):
     g = torch.Generator().manual_seed(seed)
     lp = torch.log_softmax(3 * torch.randn(len(ids), len(teacher_tok), generator=g, dtype=torch.float64), -1)
     rows = [r for r in range(len(ids)) if al.flag[r] != xtok.UNALIGNED][:max_rows]
-    target, residual = xtok.bpm_logprobs(lp[rows], [al.emitted[r] for r in rows], vmap)
+    # the previous teacher position of every row after a text token (its own draw)
+    lp_prev = torch.log_softmax(3 * torch.randn(len(ids), len(teacher_tok), generator=g, dtype=torch.float64), -1)
+    lookback = {k: (lp_prev[r], al.prev[r]) for k, r in enumerate(rows) if al.prev[r] is not None}
+    target, residual = xtok.bpm_logprobs(lp[rows], [al.emitted[r] for r in rows], vmap, lookback=lookback)
     torch.testing.assert_close(target.exp().sum(-1), torch.ones(len(rows), dtype=torch.float64), atol=1e-9, rtol=0)
     controls = control_counterparts(teacher_tok, student_tok)
     for k, r in enumerate(rows):
-        want = brute_marginal(lp[r], al.emitted[r], vmap.t_bytes, vmap.s_bytes, controls)
+        if al.prev[r] is None:
+            want = brute_marginal(lp[r], al.emitted[r], vmap.t_bytes, vmap.s_bytes, controls)
+        else:
+            want = brute_lookback(lp_prev[r], lp[r], al.prev[r], al.emitted[r], vmap.t_bytes, vmap.s_bytes, controls)
         got = target[k].exp()
         got = torch.where(got < 1e-25, torch.zeros_like(got), got)  # the floor of unreachable tokens
         torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-7)
     assert bool((residual >= 0).all()) and bool((residual <= 1).all())
+    al.looked_back = sum(1 for k in lookback if vmap.lookback(lookback[k][1], al.emitted[rows[k]]) is not None)
     return al, vmap
 
 
@@ -79,15 +86,45 @@ def test_oracle_bpe_teacher_char_student_all_rows_exact():
     """The toy pair: every mapped row equals the brute-force marginal and sums to 1; a char-level
     student never crosses a BPE boundary, so every row is exact, many conditioned on emitted bytes."""
     teacher, student = toy_bpe(), toy_char()
-    conditioned = 0
+    conditioned = looked_back = 0
     for k, text in enumerate(RESPONSES):
         ids = student_ids(student, [text, "<|im_end|>"])
         al, vmap = _check_rows(teacher, student, ids, seed=k)
         assert al.flag == [xtok.EXACT] * len(ids)
         assert al.flag == _expected_flags(ids, vmap, teacher)
         conditioned += sum(1 for e in al.emitted if e)
+        looked_back += al.looked_back
         assert al.teacher_ids[-1] == teacher.eos_token_id  # EOS aligned to the teacher's own
-    assert conditioned > 10  # rows starting inside a teacher token ("6" after "1" of "16") were exercised
+    assert conditioned > 10  # rows starting inside a teacher token (" " after "." of ". ") were exercised
+    assert looked_back >= 3  # rows after ". " (which ". Answer: " extends) read the previous position too
+
+
+def test_lookback_gives_the_bytes_a_longer_previous_token_spells():
+    """The toy pair's trap: the teacher writes '. Answer: ' as one token. When the student writes
+    '. ' and then another step ('1'), the teacher reads the token '. ', and its next position gives
+    'A' no mass (after '. ' it has only ever seen steps). The row of that '1' reads the previous
+    position too: P(A) = p('. Answer: ') / (p('. ') + p('. Answer: ')), P(1) the rest."""
+    teacher, student = toy_bpe(), toy_char()
+    vmap = xtok.vocab_map(teacher, student)
+    ids = student_ids(student, ["30. 16+7=23"])
+    al = xtok.align_response(ids, vmap, teacher)
+    r = 4  # '3', '0', '.', ' ', '1'
+    assert vmap.s_bytes[ids[r]] == b"1" and al.prev[r] == b". " and al.emitted[r] == b""
+    dot_sp, dot_ans = teacher.convert_tokens_to_ids(".\u0120"), teacher.convert_tokens_to_ids(".\u0120Answer:\u0120")
+    lp_prev = torch.full((len(teacher),), -40.0, dtype=torch.float64)
+    lp_prev[dot_sp], lp_prev[dot_ans] = 0.0, 0.0  # half and half before the '. '
+    lp = torch.full((len(teacher),), -40.0, dtype=torch.float64)
+    lp[teacher.convert_tokens_to_ids("1")] = 0.0  # after the token '. ': another step, never 'A'
+    lp_prev, lp = torch.log_softmax(lp_prev, -1), torch.log_softmax(lp, -1)
+    plain, _ = xtok.bpm_logprobs(lp[None], [b""], vmap)
+    looked, _ = xtok.bpm_logprobs(lp[None], [b""], vmap, lookback={0: (lp_prev, al.prev[r])})
+    a, one = student.convert_tokens_to_ids("A"), student.convert_tokens_to_ids("1")
+    assert plain[0, a].exp() < 1e-12 and plain[0, one].exp() == pytest.approx(1.0, abs=1e-9)  # one position
+    assert looked[0, a].exp().item() == pytest.approx(0.5, abs=1e-9)
+    assert looked[0, one].exp().item() == pytest.approx(0.5, abs=1e-9)
+    # the strict baseline does not look back
+    strict, _ = xtok.bpm_logprobs(lp[None], [b""], vmap, strict=True, lookback={0: (lp_prev, al.prev[r])})
+    assert strict[0, a].exp() < 1e-12
 
 
 def test_swapped_pair_flags_bound_rows():
@@ -314,3 +351,39 @@ def test_opd_runs_end_to_end_from_a_bpe_teacher(tiny_world, tmp_path):
     assert len(rows) == 2
     for r in rows:
         assert 0 < r["xtok/kept_rows"] <= 1 and r["xtok/coverage"] > 0.2 and r["loss"] == r["loss"]
+
+
+def test_lookback_rows_of_a_scored_batch_read_both_teacher_positions(tmp_path):
+    """BPE teacher, char student, responses with '. ' followed by a step: every source row (lookback
+    rows included) equals the target recomputed from one plain teacher forward, at the row's
+    teacher position and, for lookback rows, the position before it."""
+    from opsd.data import encode_chat
+    from opsd.teacher import Teacher
+
+    model, teacher_tok, _ = _bpe_teacher(tmp_path)
+    student = toy_char()
+    cross = xtok.CrossTokenizerTeacher(Teacher(model, torch.device("cpu")), teacher_tok, student,
+                                       prompt_messages=_messages)
+    prompts, responses = ["Compute 30+16+7."], ["30+16=46. 46+7=53. 53-1=52. Answer: 52"]
+    b = _batch(student, prompts, responses)
+    src = cross.score_phase([b], len(student), _meta(prompts))[0]
+    assert cross.metrics()["xtok/lookback_rows"] > 0
+    s_ids = b["input_ids"][0][b["attention_mask"][0].bool()].tolist()
+    resp = s_ids[len(encode_chat(student, _messages({"prompt": prompts[0]}))):]
+    vmap = cross.vmap
+    al = xtok.align_response(resp, vmap, teacher_tok)
+    p_ids = encode_chat(teacher_tok, _messages({"prompt": prompts[0]}))
+    with torch.no_grad():
+        z = model(torch.tensor([p_ids + al.teacher_ids])).logits[0, :, :len(teacher_tok)]
+    lp = torch.log_softmax(z, -1)
+    rows = [r for r, f in enumerate(al.flag) if f == xtok.EXACT]
+    assert len(rows) == len(src) == len(resp)
+    looked = 0
+    for k, r in enumerate(rows):
+        at = len(p_ids) + al.position[r] - 1
+        look = {}
+        if al.prev[r] is not None and vmap.lookback(al.prev[r], al.emitted[r]) is not None:
+            look, looked = {0: (lp[at - 1], al.prev[r])}, looked + 1
+        want, _ = xtok.bpm_logprobs(lp[at][None], [al.emitted[r]], vmap, lookback=look)
+        torch.testing.assert_close(src.rows(slice(k, k + 1)), want, atol=1e-5, rtol=1e-5)
+    assert looked == 2  # '4' after '46. ' and '5' after '53. ' read the previous position
