@@ -187,3 +187,46 @@ def test_teachers_config_errors(two_teachers, tmp_path):
     again = tmp_path / "saved.yaml"
     cfg.save(again)
     assert load_config(again).teachers == cfg.teachers
+
+
+@pytest.mark.slow
+def test_two_ranks_with_a_sharded_teacher_in_the_pool(two_teachers, tmp_path):
+    """2 gloo ranks, ZeRO-3, both teachers ZeRO-3-sharded: a rank whose micro-batch has no row of a
+    teacher still calls it (its gathers are collectives), so nothing hangs (bounded wait), and the
+    losses equal the same pool unsharded on 2 ranks."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from test_distributed import ROOT, _env
+
+    w = two_teachers
+
+    def torchrun(out, extra):
+        path, overrides = _cfg(w, tmp_path, [("a", w["a"]), ("b", w["b"])], ["engine.zero_stage=3", *extra],
+                               steps=2, out=out)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+               "-m", "opsd.train", "--config", str(path), *overrides]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)  # its own group: a hang is ended with its workers
+        try:
+            _, err = proc.communicate(timeout=420)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            pytest.fail(f"{out}: the 2-rank run did not finish in 420 s (a collective out of step?)")
+        assert proc.returncode == 0, err[-4000:]
+        return read_metrics(tmp_path / out)
+
+    sharded = torchrun("sharded", ["engine.teacher_sharding=zero3"])
+    full = torchrun("full", [])
+    for a, b in zip(sharded, full):
+        for k in ("loss", "reverse_kl", "group/teacher=a/reverse_kl", "group/teacher=b/reverse_kl"):
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (k, a[k], b[k])
+    # micro-batches of 3 sequences, rows a/b/a...: some micro-batch on some rank lacked a teacher
+    assert any(m["teachers/a/sequences"] != m["teachers/b/sequences"] for m in sharded)
