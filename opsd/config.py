@@ -139,11 +139,16 @@ class LossConfig:
                                      "(sorted probabilities, a research peer)")
     keep_bound_rows: bool = _f(False, "cross-tokenizer: keep rows where BPM is a bound (default: left out of the "
                                       "loss and of TIP's ranking)")
+    max_row_residual: float = _f(0.1, "cross-tokenizer (bpm): a row inside a teacher token whose teacher mass left "
+                                      "unmapped (the emitted bytes' own token, continuing at a position not "
+                                      "computed) exceeds this is a bound row (docs/cross-tokenizer.md)")
     min_map_coverage: float = _f(0.2, "cross-tokenizer: refuse a pair whose teacher->student map sends less than "
                                       "this share of the teacher's vocabulary to a student token")
 
     def validate(self):
         _choice("loss.cross_tokenizer", self.cross_tokenizer, ["bpm", "strict", "uld"])
+        if not 0 <= self.max_row_residual <= 1:
+            raise ConfigError(f"loss.max_row_residual must be in [0, 1], got {self.max_row_residual}")
         if not 0 <= self.min_map_coverage <= 1:
             raise ConfigError(f"loss.min_map_coverage must be in [0, 1], got {self.min_map_coverage}")
         if self.type not in LOSS_TYPES:

@@ -496,11 +496,11 @@ class CrossTokenizerTeacher:
     ``enable_thinking``: the data option, passed to the teacher's template."""
 
     def __init__(self, inner, teacher_tok, student_tok, mode: str = "bpm", keep_bound_rows: bool = False,
-                 prompt_messages=None, enable_thinking: Optional[bool] = None):
+                 prompt_messages=None, enable_thinking: Optional[bool] = None, max_residual: float = 0.1):
         if mode not in ("bpm", "strict", "uld"):
             raise ConfigError(f"loss.cross_tokenizer={mode!r} is not one of ['bpm', 'strict', 'uld']")
         self.inner, self.teacher_tok, self.student_tok = inner, teacher_tok, student_tok
-        self.mode, self.keep_bound_rows = mode, keep_bound_rows
+        self.mode, self.keep_bound_rows, self.max_residual = mode, keep_bound_rows, max_residual
         self.prompt_messages, self.enable_thinking = prompt_messages, enable_thinking
         self.vmap = vocab_map(teacher_tok, student_tok)
         self.width = len(student_tok)  # the sources' rows are over the student's vocabulary
@@ -579,8 +579,12 @@ class CrossTokenizerTeacher:
                 emitted.append(e)
                 flags.append(f)
                 prevs.append(pv)
-                keep.append(f == EXACT and (one or self.mode != "strict") or
-                            f == BOUND and (self.keep_bound_rows or self.mode == "uld"))
+        heavy = self._unresolved(hidden, rows_b, rows_p, emitted, flags, prevs)
+        for r in heavy:  # the emitted bytes' own token continues at a position not computed: a bound
+            flags[r] = BOUND
+        for r, (f, al_one) in enumerate(zip(flags, [o for a in aligns for o in a.one_to_one])):
+            keep.append(f == EXACT and (al_one or self.mode != "strict") or
+                        f == BOUND and (self.keep_bound_rows or self.mode == "uld"))
         keep_t = torch.tensor(keep, dtype=torch.bool)
         if len(keep_t) != len(flat):
             raise RuntimeError(f"cross-tokenizer teacher: {len(flat)} loss positions but {len(keep_t)} aligned rows")
@@ -597,24 +601,49 @@ class CrossTokenizerTeacher:
         if self.mode == "uld":
             student = self._student_rows(batch, mask)
         kept = [r for r, k in enumerate(keep) if k]
+        src, look = self._source(hidden, h, rows_b, rows_p, emitted, prevs, kept, vocab_size, student)
+        ft = torch.tensor(flags, dtype=torch.long)
+        counts = dict(rows=len(flags), exact=int((ft == EXACT).sum()), bound=int((ft == BOUND).sum()),
+                      unaligned=int((ft == UNALIGNED).sum()), kept=int(keep_t.sum()), lookback=look,
+                      unresolved=len(heavy), one_to_one=sum(1 for a in aligns for o in a.one_to_one if o))
+        self._step.append((src, counts))
+        return src
+
+    def _source(self, hidden, h, rows_b, rows_p, emitted, prevs, rows, vocab_size, student=None):
+        """The logit source of ``rows`` (indices into the micro-batch's aligned rows; ``h``: their hidden
+        states), with the previous position of its lookback rows; returns (source, lookback rows)."""
+        dev = hidden.device
         # lookback rows (bpm): the previous teacher token could have been longer (VocabMap.lookback)
-        look = [(n, r) for n, r in enumerate(kept) if self.mode == "bpm" and prevs[r] is not None
+        look = [(n, r) for n, r in enumerate(rows) if self.mode == "bpm" and prevs[r] is not None
                 and self.vmap.lookback(prevs[r], emitted[r]) is not None]
         prev_hidden = None
         if look:
             lb = torch.tensor([rows_b[r] for _, r in look], dtype=torch.long, device=dev)
             lp_ = torch.tensor([rows_p[r] - 1 for _, r in look], dtype=torch.long, device=dev)
             prev_hidden = hidden[lb, lp_]  # (M, d_T)
+        inner = self.inner
         src = CrossTokenizerLogits(h, inner.head_weight[: self.t_width],
                                    None if inner.head_bias is None else inner.head_bias[: self.t_width], vocab_size,
-                                   [emitted[r] for r in kept], self.vmap, self.mode, student, prev_hidden,
+                                   [emitted[r] for r in rows], self.vmap, self.mode, student, prev_hidden,
                                    {n: (m, prevs[r]) for m, (n, r) in enumerate(look)})
-        ft = torch.tensor(flags, dtype=torch.long)
-        counts = dict(rows=len(flags), exact=int((ft == EXACT).sum()), bound=int((ft == BOUND).sum()),
-                      unaligned=int((ft == UNALIGNED).sum()), kept=int(keep_t.sum()), lookback=len(look),
-                      one_to_one=sum(1 for a in aligns for o in a.one_to_one if o))
-        self._step.append((src, counts))
-        return src
+        return src, len(look)
+
+    def _unresolved(self, hidden, rows_b, rows_p, emitted, flags, prevs) -> List[int]:
+        """Exact rows inside a teacher token (``emitted`` not empty, bpm) whose residual mass is above
+        ``max_residual``: the teacher puts that mass on a token that *is* the emitted bytes (after
+        '. ' the teacher wants '. ' and another step, the student wrote 'A' of '. Answer: '), whose
+        continuation lives at a teacher position this forward did not compute. Renormalised away, the
+        rest would read as certainty (P('A') = 1); these rows are bounds."""
+        cand = [r for r, (e, f) in enumerate(zip(emitted, flags)) if e and f == EXACT and self.mode == "bpm"]
+        if not cand:
+            return []
+        dev = hidden.device
+        h = hidden[torch.tensor([rows_b[r] for r in cand], device=dev), torch.tensor([rows_p[r] for r in cand],
+                                                                                     device=dev)]
+        src, _ = self._source(hidden, h, rows_b, rows_p, emitted, prevs, cand, self.vmap.n_student)
+        for s in range(0, len(cand), self.inner.chunk_size):
+            src.rows(slice(s, s + self.inner.chunk_size))
+        return [r for r, res in zip(cand, src.residual.tolist()) if res > self.max_residual]
 
     def _student_rows(self, batch, mask):
         """ULD mode: the student's last hidden states at the kept rows and its head (no gradient)."""
@@ -640,6 +669,7 @@ class CrossTokenizerTeacher:
         out = {"xtok/exact_rows": tot["exact"] / n, "xtok/bound_rows": tot["bound"] / n,
                "xtok/unaligned_rows": tot["unaligned"] / n, "xtok/kept_rows": tot["kept"] / n,
                "xtok/one_to_one_rows": tot["one_to_one"] / n, "xtok/lookback_rows": tot["lookback"] / n,
+               "xtok/unresolved_rows": tot["unresolved"] / n,
                "xtok/coverage": self.vmap.coverage}
         if len(res):
             out["xtok/residual_mass"] = float(res.mean())
@@ -712,4 +742,4 @@ def build_cross_tokenizer_teacher(cfg, device: torch.device, tokenizer):
         return build_prompt_messages(prompt, d.system_prompt, d.prompt_template)
 
     return CrossTokenizerTeacher(load_teacher(cfg, device), t_tok, tokenizer, loss.cross_tokenizer,
-                                 loss.keep_bound_rows, prompt_messages, d.enable_thinking)
+                                 loss.keep_bound_rows, prompt_messages, d.enable_thinking, loss.max_row_residual)

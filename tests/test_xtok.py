@@ -1,6 +1,7 @@
 """Cross-tokenizer distillation (opsd/xtok.py): the byte-prefix map against a brute-force oracle,
 row flags both ways round, a fuzz over multi-byte characters, whitespace runs and control tokens,
 identity with today's path, the teacher interface and the config errors."""
+import math
 import random
 
 import pytest
@@ -353,21 +354,24 @@ def test_opd_runs_end_to_end_from_a_bpe_teacher(tiny_world, tmp_path):
         assert 0 < r["xtok/kept_rows"] <= 1 and r["xtok/coverage"] > 0.2 and r["loss"] == r["loss"]
 
 
-def test_lookback_rows_of_a_scored_batch_read_both_teacher_positions(tmp_path):
+@pytest.mark.parametrize("max_residual", [1.0, 0.05])
+def test_scored_rows_read_both_teacher_positions_and_heavy_residual_rows_are_bounds(tmp_path, max_residual):
     """BPE teacher, char student, responses with '. ' followed by a step: every source row (lookback
     rows included) equals the target recomputed from one plain teacher forward, at the row's
-    teacher position and, for lookback rows, the position before it."""
+    teacher position and, for lookback rows, the position before it. A row inside a teacher token
+    whose recomputed residual exceeds loss.max_row_residual is left out (a bound), and only those."""
     from opsd.data import encode_chat
     from opsd.teacher import Teacher
 
     model, teacher_tok, _ = _bpe_teacher(tmp_path)
     student = toy_char()
     cross = xtok.CrossTokenizerTeacher(Teacher(model, torch.device("cpu")), teacher_tok, student,
-                                       prompt_messages=_messages)
+                                       prompt_messages=_messages, max_residual=max_residual)
     prompts, responses = ["Compute 30+16+7."], ["30+16=46. 46+7=53. 53-1=52. Answer: 52"]
     b = _batch(student, prompts, responses)
+    before = b["loss_mask"].clone()
     src = cross.score_phase([b], len(student), _meta(prompts))[0]
-    assert cross.metrics()["xtok/lookback_rows"] > 0
+    m = cross.metrics()
     s_ids = b["input_ids"][0][b["attention_mask"][0].bool()].tolist()
     resp = s_ids[len(encode_chat(student, _messages({"prompt": prompts[0]}))):]
     vmap = cross.vmap
@@ -376,14 +380,38 @@ def test_lookback_rows_of_a_scored_batch_read_both_teacher_positions(tmp_path):
     with torch.no_grad():
         z = model(torch.tensor([p_ids + al.teacher_ids])).logits[0, :, :len(teacher_tok)]
     lp = torch.log_softmax(z, -1)
-    rows = [r for r, f in enumerate(al.flag) if f == xtok.EXACT]
-    assert len(rows) == len(src) == len(resp)
-    looked = 0
-    for k, r in enumerate(rows):
+    assert all(f == xtok.EXACT for f in al.flag) and len(al.flag) == len(resp)
+    kept, looked, heavy = [], 0, 0
+    for r in range(len(resp)):
         at = len(p_ids) + al.position[r] - 1
         look = {}
         if al.prev[r] is not None and vmap.lookback(al.prev[r], al.emitted[r]) is not None:
-            look, looked = {0: (lp[at - 1], al.prev[r])}, looked + 1
-        want, _ = xtok.bpm_logprobs(lp[at][None], [al.emitted[r]], vmap, lookback=look)
-        torch.testing.assert_close(src.rows(slice(k, k + 1)), want, atol=1e-5, rtol=1e-5)
-    assert looked == 2  # '4' after '46. ' and '5' after '53. ' read the previous position
+            look = {0: (lp[at - 1], al.prev[r])}
+        want, residual = xtok.bpm_logprobs(lp[at][None], [al.emitted[r]], vmap, lookback=look)
+        if al.emitted[r] and residual.item() > max_residual:
+            heavy += 1
+            continue
+        looked += bool(look)
+        kept.append(want)
+    assert len(src) == len(kept) == int(b["loss_mask"].sum())
+    torch.testing.assert_close(src.rows(slice(0, len(src))), torch.cat(kept), atol=1e-5, rtol=1e-5)
+    assert m["xtok/unresolved_rows"] == pytest.approx(heavy / len(resp)) and m["xtok/kept_rows"] == len(kept) / len(resp)
+    assert int(before.sum()) - int(b["loss_mask"].sum()) == heavy
+    if max_residual == 1.0:
+        assert heavy == 0 and looked == 2  # '4' after '46. ' and '5' after '53. ' read the previous position
+    else:
+        assert heavy > 0  # a random teacher leaves much mass on the emitted bytes' own tokens
+
+
+def test_a_dominant_token_equal_to_the_emitted_bytes_is_residual_not_certainty():
+    """The row of 'A' after '. ' (inside the teacher token '. Answer: '): where the teacher wants
+    '. ' and another step (0.9) its target, renormalised, says P(A) = 1 with residual 0.9 -- the
+    trainer leaves such a row out (loss.max_row_residual) instead of teaching the student to answer."""
+    teacher, student = toy_bpe(), toy_char()
+    vmap = xtok.vocab_map(teacher, student)
+    lp = torch.full((len(teacher),), -40.0, dtype=torch.float64)
+    lp[teacher.convert_tokens_to_ids(".\u0120")] = math.log(0.9)
+    lp[teacher.convert_tokens_to_ids(".\u0120Answer:\u0120")] = math.log(0.1)
+    target, residual = xtok.bpm_logprobs(torch.log_softmax(lp, -1)[None], [b". "], vmap)
+    assert target[0, student.convert_tokens_to_ids("A")].exp().item() == pytest.approx(1.0, abs=1e-9)
+    assert residual.item() == pytest.approx(0.9, abs=1e-9)
