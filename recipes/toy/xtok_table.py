@@ -54,14 +54,24 @@ def run_one(row: str, seed: int, steps: int, out: Path, swap: bool = False, eval
         summary = trainer.train()
     finally:
         trainer.cleanup()
-    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
     res = {"row": row, "seed": seed, "steps": steps, "before": summary["accuracy_before"],
            "after": summary["accuracy_after"], "wall_s": round(time.time() - t0, 1)}
-    for key in ("xtok/exact_rows", "xtok/kept_rows", "xtok/residual_mass", "xtok/coverage"):
+    done.write_text(json.dumps(res))
+    return res
+
+
+SHARES = ("xtok/exact_rows", "xtok/kept_rows", "xtok/lookback_rows", "xtok/unresolved_rows", "xtok/residual_mass",
+          "xtok/coverage")
+
+
+def row_shares(out: Path) -> dict:
+    """The run's mean row shares over its steps (read from its metrics.jsonl)."""
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    res = {}
+    for key in SHARES:
         vals = [m[key] for m in metrics if key in m]
         if vals:
             res[key] = statistics.fmean(vals)
-    done.write_text(json.dumps(res))
     return res
 
 
@@ -81,8 +91,8 @@ def _ms(xs):
 
 def table(results, teachers) -> str:
     lines = ["| teacher / target | teacher acc | student before | after (mean ± SE) | gap closed (mean ± SE) | "
-             "exact rows | kept rows | residual mass | per seed (after) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "kept rows | lookback rows | unresolved rows | residual mass | per seed (after) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in ROWS:
         rs = sorted((r for r in results if r["row"] == row), key=lambda r: r["seed"])
         if not rs:
@@ -95,8 +105,9 @@ def table(results, teachers) -> str:
             return f"{statistics.fmean(v):.3f}" if v else "-"
 
         lines.append(f"| {row} | {t:.3f} | {_ms([r['before'] for r in rs])} | {_ms([r['after'] for r in rs])} | "
-                     f"{_ms(gaps)} | {mean_of('xtok/exact_rows')} | {mean_of('xtok/kept_rows')} | "
-                     f"{mean_of('xtok/residual_mass')} | " + ", ".join(f"{r['after']:.3f}" for r in rs) + " |")
+                     f"{_ms(gaps)} | {mean_of('xtok/kept_rows')} | {mean_of('xtok/lookback_rows')} | "
+                     f"{mean_of('xtok/unresolved_rows')} | {mean_of('xtok/residual_mass')} | "
+                     + ", ".join(f"{r['after']:.3f}" for r in rs) + " |")
     return "\n".join(lines)
 
 
@@ -115,7 +126,8 @@ def main(argv=None):
         for row in args.rows.split(","):
             run_dir = out / f"{row}-s{seed}"
             run_dir.mkdir(parents=True, exist_ok=True)
-            results.append(run_one(row, seed, args.steps, run_dir, args.swap, args.eval_limit))
+            results.append({**run_one(row, seed, args.steps, run_dir, args.swap, args.eval_limit),
+                            **row_shares(run_dir)})
             print(json.dumps(results[-1]), flush=True)
     teachers = teacher_accuracies(args.swap)
     md = table(results, teachers)
