@@ -415,3 +415,16 @@ def test_a_dominant_token_equal_to_the_emitted_bytes_is_residual_not_certainty()
     target, residual = xtok.bpm_logprobs(torch.log_softmax(lp, -1)[None], [b". "], vmap)
     assert target[0, student.convert_tokens_to_ids("A")].exp().item() == pytest.approx(1.0, abs=1e-9)
     assert residual.item() == pytest.approx(0.9, abs=1e-9)
+
+
+def test_the_committed_toy_pair_is_fresh():
+    """artifacts/toy_xtok (the BPE teacher recipes/toy/xtok.yaml reads) was built from today's
+    opsd.toy.xtok_world settings: change them and this fails until `python -m opsd.toy.xtok_world`
+    rebuilds it."""
+    from pathlib import Path
+
+    from opsd.toy import xtok_world
+
+    root = Path(__file__).resolve().parents[1] / "artifacts" / "toy_xtok"
+    assert xtok_world.is_fresh(str(root))
+    assert not xtok_world.is_fresh(str(root), xtok_world.quick_config())

@@ -6,7 +6,8 @@ and SFT-trains a teacher with it through the world builder's machinery (:mod:`op
 :mod:`opsd.toy.build`). The BPE tokenizer has its control tokens at other ids, another chat
 template (``role:`` headers) and multi-character tokens, so nothing lines up by id::
 
-    python -m opsd.toy.xtok_world                       # -> artifacts/toy_xtok/{tokenizer,teacher}
+    python -m opsd.toy.xtok_world                       # -> artifacts/toy_xtok/{tokenizer,teacher} (committed;
+                                                        #    ~7 min on 2 idle cores when stale)
     python -m opsd.toy.xtok_world --quick --out /tmp/x  # seconds; barely trained (tests)
 
 Idempotent: each part carries a fingerprint of what decides it (the BPE settings, the teacher's
@@ -87,6 +88,19 @@ def build_bpe(cfg: XtokConfig):
         clean_up_tokenization_spaces=False, model_max_length=512)
 
 
+def fingerprint(cfg: XtokConfig) -> str:
+    """What decides the built pair (the BPE settings, the teacher's spec, the world config, template)."""
+    return digest({"cfg": json.loads(json.dumps(asdict(cfg), default=str)), "template": TEMPLATE,
+                   "specials": SPECIALS})
+
+
+def is_fresh(out_dir: str = "artifacts/toy_xtok", cfg: XtokConfig = None) -> bool:
+    """The pair under ``out_dir`` was built from ``cfg`` (default: today's) and is complete."""
+    info = read_json(Path(out_dir) / "teacher" / "xtok_info.json")
+    return (info is not None and info.get("fingerprint") == fingerprint(cfg or XtokConfig())
+            and (Path(out_dir) / "teacher" / "model.safetensors").exists())
+
+
 def build(out_dir: str = "artifacts/toy_xtok", cfg: XtokConfig = None, threads: int = 2) -> dict:
     """``out_dir/tokenizer`` and ``out_dir/teacher`` (BPE tokenizer + SFT teacher); returns the info."""
     import torch
@@ -95,12 +109,10 @@ def build(out_dir: str = "artifacts/toy_xtok", cfg: XtokConfig = None, threads: 
     torch.set_num_threads(threads)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fp = digest({"cfg": json.loads(json.dumps(asdict(cfg), default=str)), "template": TEMPLATE,
-                 "specials": SPECIALS})
+    fp = fingerprint(cfg)
     tpath, mpath = out / "tokenizer", out / "teacher"
-    info = read_json(mpath / "xtok_info.json")
-    if info is not None and info.get("fingerprint") == fp and (mpath / "model.safetensors").exists():
-        return info
+    if is_fresh(out_dir, cfg):
+        return read_json(mpath / "xtok_info.json")
     t0 = time.time()
     tok = build_bpe(cfg)
     tmp = tmp_dir(tpath)
