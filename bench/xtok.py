@@ -74,8 +74,14 @@ def child(args) -> None:
             for e in set(emitted):  # the per-prefix tables are built once per pair and prefix: not in the step
                 if e:
                     vmap.conditioned(e)
+            # a share of rows after a teacher token that longer tokens extend: two teacher positions (lookback)
+            look = [r for r in range(a.tokens) if rng.random() < args.lookback]
+            prev = {r: (m, rng.choice(ALPHABET[:26]).encode()) for m, r in enumerate(look)}
+            for _, (_, b) in prev.items():
+                vmap.lookback(b, b"")
+            prev_hidden = teacher_src.hidden[torch.tensor(look, dtype=torch.long)] if look else None
             teacher_src = CrossTokenizerLogits(teacher_src.hidden, teacher_src.weight, None, a.vocab, emitted, vmap,
-                                               "bpm")
+                                               "bpm", prev_hidden=prev_hidden, prev=prev)
         module = DistillModule(student, a.vocab, "reverse_kl", chunk_size=a.chunk_size, impl="fused")
         if not measure:
             loss_sum, *_ = module(batch["input_ids"], batch["attention_mask"], batch["loss_mask"], teacher_src)
@@ -92,7 +98,7 @@ def child(args) -> None:
     tiny = C.tiny_copy(args)
     tiny.vocab = 512  # a few multi-byte strings beyond the 256 single bytes
     run(tiny, measure=False)  # warm-up
-    C.emit(dict(mode=args.one, share=args.share, **run(args, measure=True)))
+    C.emit(dict(mode=args.one, share=args.share, lookback=args.lookback, **run(args, measure=True)))
 
 
 def toy_pair(n: int = 256) -> None:
@@ -134,6 +140,8 @@ def main(argv=None) -> int:
                    "(needs artifacts/toy_xtok: python -m opsd.toy.xtok_world)")
     p.add_argument("--one", choices=("same", "bpm"), help=argparse.SUPPRESS)
     p.add_argument("--share", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--lookback", type=float, default=0.05, help="bpm rows: share of rows that read the previous "
+                   "teacher position too (the toy run logs xtok/lookback_rows ~0.05)")
     args = p.parse_args(argv)
     C.resolve_shape(args)
     if args.toy_pair:
@@ -145,10 +153,12 @@ def main(argv=None) -> int:
     script, flags = Path(__file__).resolve(), C.shape_flags(args)
     res = [C.run_child(script, ["--one", "same", *flags], args.threads)]
     for s in [float(x) for x in args.conditioned.split(",")]:
-        res.append(C.run_child(script, ["--one", "bpm", "--share", str(s), *flags], args.threads))
+        res.append(C.run_child(script, ["--one", "bpm", "--share", str(s), "--lookback", str(args.lookback), *flags],
+                               args.threads))
     print(f"# Cross-tokenizer loss step, one forward + backward\n\n{C.shape_line(args)}\n")
     ref = res[0]
-    rows = [[r["mode"] if r["mode"] == "same" else f"bpm, {r['share']:.0%} rows conditioned", f"{r['peak_mb']:,.0f}",
+    rows = [[r["mode"] if r["mode"] == "same" else f"bpm, {r['share']:.0%} rows conditioned, {r['lookback']:.0%} lookback",
+             f"{r['peak_mb']:,.0f}",
              f"{r['peak_mb'] / ref['peak_mb']:.2f}", f"{r['seconds']:.2f}", f"{r['seconds'] / ref['seconds']:.2f}"]
             for r in res]
     print(C.table(["teacher source", "peak MB over inputs", "vs same", "wall s", "vs same"], rows))
