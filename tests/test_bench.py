@@ -74,5 +74,5 @@ def test_cross_tokenizer_benchmark_at_a_tiny_shape():
     rows = [r for r in _rows(out) if r[0] != "teacher source"]
     assert [r[0] for r in rows] == ["same", "bpm, 0% rows conditioned, 10% lookback",
                                     "bpm, 50% rows conditioned, 10% lookback"], out
-    assert rows[0][2] == "1.00" and all(float(r[1].replace(",", "")) > 0 for r in rows)
+    assert rows[0][2] == "1.00" and all(float(r[3]) > 0 for r in rows)  # wall s (peak MB rounds to 0 here)
     assert "map build (once per pair)" in out
