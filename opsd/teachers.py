@@ -72,8 +72,8 @@ class RoutedSource:
     """The logit source of a micro-batch scored by several teachers: loss position ``i`` is row
     ``local[i]`` of ``parts[owner[i]]``. ``rows(idx)`` returns a fresh ``(n, V)`` tensor."""
 
-    def __init__(self, parts: list, owner: torch.Tensor, local: torch.Tensor):
-        self.parts, self.owner, self.local = parts, owner, local
+    def __init__(self, parts: list, owner: torch.Tensor, local: torch.Tensor, vocab_size: int):
+        self.parts, self.owner, self.local, self.vocab_size = parts, owner, local, vocab_size
 
     def __len__(self) -> int:
         return int(self.owner.numel())
@@ -87,6 +87,8 @@ class RoutedSource:
     def rows(self, idx) -> torch.Tensor:
         own, loc = self.owner[idx], self.local[idx]
         teachers = torch.unique(own).tolist()
+        if not teachers:
+            return torch.empty(0, self.vocab_size, device=self.owner.device)
         if len(teachers) == 1:
             return self.parts[teachers[0]].rows(loc)
         out = None
@@ -208,14 +210,17 @@ class TeacherPool:
         out = []
         for i, (b, own) in enumerate(zip(batches, owners)):
             mask = b["loss_mask"].bool()
-            per_pos = torch.as_tensor(own, dtype=torch.long)[_sequence_map(b)]  # (B, L) teacher of each token
-            owner = per_pos[mask.cpu()] if own else torch.zeros(0, dtype=torch.long)  # (N,) row-major
+            if own:
+                per_pos = torch.as_tensor(own, dtype=torch.long)[_sequence_map(b)]  # (B, L) teacher of each token
+            else:  # an empty micro-batch (one padding token, no loss position)
+                per_pos = torch.zeros(b["input_ids"].shape, dtype=torch.long)
+            owner = per_pos[mask.cpu()]  # (N,) row-major
             local = torch.zeros_like(owner)
             for t in range(T):
                 at = owner == t
                 local[at] = torch.arange(int(at.sum()))
             parts = [scored.get((i, t)) for t in range(T)]
-            out.append(RoutedSource(parts, owner.to(self.device), local.to(self.device)))
+            out.append(RoutedSource(parts, owner.to(self.device), local.to(self.device), vocab_size))
             groups = per_pos.clone()
             if self._roles and b.get("token_groups") is not None:
                 groups = b["token_groups"].cpu() * T + per_pos

@@ -230,3 +230,18 @@ def test_two_ranks_with_a_sharded_teacher_in_the_pool(two_teachers, tmp_path):
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (k, a[k], b[k])
     # micro-batches of 3 sequences, rows a/b/a...: some micro-batch on some rank lacked a teacher
     assert any(m["teachers/a/sequences"] != m["teachers/b/sequences"] for m in sharded)
+
+
+def test_an_empty_micro_batch_gives_an_empty_source(two_teachers, tmp_path):
+    """A rank's empty micro-batch (token budgets, uneven ranks): no loss position, no teacher call
+    (unsharded), an empty routed source."""
+    from opsd.batching import collate
+
+    w = two_teachers
+    _, pool = _pool(w, tmp_path, [("a", w["a"]), ("b", w["b"])])
+    seq = {"input_ids": torch.ones(2, 4, dtype=torch.long), "attention_mask": torch.ones(2, 4, dtype=torch.long),
+           "loss_mask": torch.ones(2, 4, dtype=torch.long)}
+    for packed in (False, True):
+        empty = collate(seq, [], pad_id=0, packed=packed)
+        (src,) = pool.score_phase([empty], 56, [])
+        assert len(src) == 0 and src.rows(slice(0, 0)).shape[0] == 0
