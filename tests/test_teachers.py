@@ -127,6 +127,10 @@ def test_rows_losses_equal_their_own_teachers(two_teachers, tmp_path):
         for k in ("loss", "reverse_kl", "teacher_entropy", "tokens"):
             assert pool[k] == pytest.approx(one[k], rel=1e-5), k
     ka, kb = "group/teacher=a/reverse_kl", "group/teacher=b/reverse_kl"
+    rel = lambda x, y: abs(x - y) / abs(y)  # noqa: E731
+    print(f"pool of A vs single A: loss {rel(all_a['loss'], single['a']['loss']):.1e}; pool of B vs single B: "
+          f"{rel(all_b['loss'], single['b']['loss']):.1e}; a's rows {rel(both[ka], all_a[ka]):.1e}, "
+          f"b's rows {rel(both[kb], all_b[kb]):.1e} (relative)")
     assert both["group/teacher=a/tokens"] > 0 and both["group/teacher=b/tokens"] > 0
     assert both["group/teacher=a/tokens"] + both["group/teacher=b/tokens"] == both["tokens"]
     assert both[ka] == pytest.approx(all_a[ka], rel=1e-5)
