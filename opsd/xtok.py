@@ -36,8 +36,14 @@ P_{j-1}(starts with prev + e, longer than prev)``, where ``m_j`` is the one-posi
 Without a longer token the second term is empty and the target is the one-position one. One
 token back only (the previous token's own start is taken as final), within a text run of the
 response, ``bpm`` mode only (``strict`` is the baseline without it); counted as
-``xtok/lookback_rows``. On the toy pair this is what makes BPM teach: without it the student
-learns that ``'A'`` never follows ``'. '`` and stops answering (docs/cross-tokenizer.md).
+``xtok/lookback_rows``.
+
+Residual bound. A row inside a teacher token whose emitted bytes ``e`` are themselves a teacher
+token the teacher favours (after ``'. '`` it wants ``'. '`` and another step; the student wrote the
+``'A'`` of ``'. Answer: '``) has that mass on a continuation the forward never computed; renormalised
+away, the rest reads as certainty (``P('A') = 1``). Such rows (residual above
+``loss.max_row_residual``) are bound rows. On the toy pair this is what makes BPM teach; without it
+the student drifts into answering after one step (docs/cross-tokenizer.md, the ablation).
 
 Reverse KL (and the TIP statistics: student entropy, reverse KL to this target) are then exact on
 exact rows w.r.t. this target. Forward KL and JSD use the same target: they measure the
