@@ -65,7 +65,8 @@ PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" "$VPY" -m pytest -m vllm tests/test
     -q -p no:cacheprovider "$@"
 rc=$?
 # The teacher service (tests/test_teacher_service.py): the server runs in this venv, the trainer in the main
-# one; one server for the module, ~4 min (its slow tests: -m vllm, by hand). Under CI no skip: CI=true fails.
+# one; three servers (the toy teacher, a truncated copy, the agentic toy teacher), ~7.5 min (its slow tests: -m vllm,
+# by hand). Under CI no skip: CI=true fails.
 OPSD_VLLM_PYTHON="$PWD/$VPY" "${MAIN_PYTHON:-.venv/bin/python}" -m pytest -m "vllm and not slow" \
     tests/test_teacher_service.py -q -p no:cacheprovider || rc=1
 echo "== vLLM CPU tests: pytest exit $rc, total $(( $(date +%s) - t0 )) s"
