@@ -140,11 +140,15 @@ class Routing:
         self.names, self.route = list(names), route
 
     def index_of(self, row: dict) -> int:
-        name = self.route(row)
+        where = f"{row.get('source_file', '?')} row {row.get('source_row', row.get('index', '?'))}"
+        try:
+            name = self.route(row)
+        except Exception as err:  # a user's router failing on a row: name the row, keep the cause
+            raise UnknownTeacherError(f"{where}: the teacher router {getattr(self.route, '__name__', self.route)} "
+                                      f"failed: {type(err).__name__}: {err}") from err
         try:
             return self.names.index(name)
         except ValueError:
-            where = f"{row.get('source_file', '?')} row {row.get('source_row', row.get('index', '?'))}"
             raise UnknownTeacherError(f"{where}: teacher {name!r} is not one of the teachers listed "
                                       f"({self.names}); fix the row or add the teacher under `teachers:`") from None
 

@@ -577,20 +577,20 @@ class CrossTokenizerTeacher:
         input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in ids])
         attn = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids])
         hidden = inner.body(input_ids.to(dev), attn.to(dev), None)  # (b, L_T, d_T)
-        rows_b, rows_p, emitted, flags, keep, prevs = [], [], [], [], [], []
+        rows_b, rows_p, emitted, flags, ones, prevs = [], [], [], [], [], []
         for k, al in enumerate(aligns):
             for pos, e, f, one, pv in zip(al.position, al.emitted, al.flag, al.one_to_one, al.prev):
                 rows_b.append(k)
                 rows_p.append(plen[k] + pos - 1)  # the logit that predicts teacher response token pos
                 emitted.append(e)
                 flags.append(f)
+                ones.append(one)
                 prevs.append(pv)
         heavy = self._unresolved(hidden, rows_b, rows_p, emitted, flags, prevs)
         for r in heavy:  # the emitted bytes' own token continues at a position not computed: a bound
             flags[r] = BOUND
-        for r, (f, al_one) in enumerate(zip(flags, [o for a in aligns for o in a.one_to_one])):
-            keep.append(f == EXACT and (al_one or self.mode != "strict") or
-                        f == BOUND and (self.keep_bound_rows or self.mode == "uld"))
+        keep = [f == EXACT and (one or self.mode != "strict") or f == BOUND and (self.keep_bound_rows or self.mode == "uld")
+                for f, one in zip(flags, ones)]
         keep_t = torch.tensor(keep, dtype=torch.bool)
         if len(keep_t) != len(flat):
             raise RuntimeError(f"cross-tokenizer teacher: {len(flat)} loss positions but {len(keep_t)} aligned rows")

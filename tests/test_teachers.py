@@ -38,6 +38,10 @@ def route_by_source(row):
     return {"alpha": "a", "beta": "b"}[row["source"]]
 
 
+def route_badly(row):
+    return {"alpha": "a"}[row["source"]]  # KeyError on the 'beta' rows
+
+
 def _cfg(w, tmp_path, teachers, extra=(), steps=1, out="run"):
     path = tmp_path / f"{out}.yaml"
     path.write_text(yaml.safe_dump({"teachers": [{"name": n, "model": m} for n, m in teachers]}))
@@ -166,6 +170,12 @@ def test_unknown_teacher_is_refused_before_any_teacher_loads(two_teachers, tmp_p
     err = capsys.readouterr().err
     assert "UnknownTeacherError" in err and "bad.jsonl row 4: teacher 'c' is not one of the teachers listed (['a', 'b'])" in err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    # a router that fails on a row: the row and the cause, before any teacher loads
+    path, overrides = _cfg(w, tmp_path, [("a", "/nonexistent/a"), ("b", "/nonexistent/b")],
+                           ["data.teacher_router=test_teachers:route_badly", "data.teacher_field=source"])
+    assert main(["--config", str(path), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "train_routed.jsonl row 0: the teacher router route_badly failed: KeyError: 'beta'" in err, err
 
 
 def test_teachers_config_errors(two_teachers, tmp_path):
