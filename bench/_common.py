@@ -110,6 +110,12 @@ def pct(x: float, ref: float) -> str:
     return f"{'−' if d < 0 else '+'}{abs(d):.0f} %"
 
 
+def ratio(x: float, ref: float) -> str:
+    """``x / ref`` to two decimals, or ``n/a`` where the reference rounds to nothing (a tiny shape's
+    CPU peak can stay inside pages the warm-up already touched)."""
+    return f"{x / ref:.2f}" if ref > 0 else "n/a"
+
+
 def table(header: list, rows: list) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|"]
     out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]

@@ -519,7 +519,7 @@ def run_loss_rows(plan: Plan) -> list:
     ref = next((r for r in rows if r["mode"] == "naive" and r["status"] == "ok"), None)
     for r in rows:
         if ref is not None and r["status"] == "ok":
-            r["vs_naive_peak"] = r["peak_mb"] / ref["peak_mb"]
+            r["vs_naive_peak"] = r["peak_mb"] / ref["peak_mb"] if ref["peak_mb"] > 0 else None
             r["loss_diff"] = abs(r["loss"] - ref["loss"])
     return rows
 
@@ -847,7 +847,7 @@ def render(res: dict, sections: str) -> str:
             if r["status"] != "ok":
                 rows.append([r["mode"], r["status"], "", "", "", ""])
                 continue
-            rows.append([r["mode"], f"{r['peak_mb']:,.0f}", f"{r.get('vs_naive_peak', float('nan')):.2f}",
+            rows.append([r["mode"], f"{r['peak_mb']:,.0f}", "n/a" if r.get("vs_naive_peak") is None else f"{r['vs_naive_peak']:.2f}",
                          f"{r['seconds'] * 1000:,.1f}", f"{r['loss']:.6f}", f"{r.get('loss_diff', float('nan')):.1e}"])
         lines += ["## (b) The loss step (bench/opd_memory.py rows)", "",
                   f"V = {ls['vocab']:,}, student d = {ls['hidden']}, teacher d = {ls['teacher_hidden']}, "

@@ -147,10 +147,14 @@ def targets(res: dict, naive: dict) -> list:
     for r in res.values():
         if r["mode"] in ("naive", "liger"):
             continue
+        if naive["peak_mb"] <= 0:
+            out.append(f"{r['mode']} @ chunk {r['chunk']}: no ratio (the naive peak stays inside pages already "
+                       "touched at this shape)")
+            continue
         vs_naive = r["peak_mb"] / naive["peak_mb"]
         line = f"{r['mode']} @ chunk {r['chunk']}: peak {vs_naive:.2f}x naive ({'ok' if vs_naive <= PEAK_VS_NAIVE else 'MISSED'})"
         peer = peers.get(r["chunk"])
-        if peer is not None:
+        if peer is not None and peer["peak_mb"] > 0 and peer["seconds"] > 0:
             vs_peer, t = r["peak_mb"] / peer["peak_mb"], r["seconds"] / peer["seconds"]
             line += (f"; {vs_peer:.2f}x liger's peak ({'ok' if vs_peer <= PEAK_VS_PEER else 'MISSED'})"
                      f"; {t:.2f}x liger's time ({'ok' if t <= 1.0 else 'MISSED'})")
@@ -177,7 +181,7 @@ def parent(args) -> int:
     ref = res["naive"]
     full = C.full_logits_mb(args)
     rows = [[row_label(r), f"{r['peak_mb']:,.0f}", f"{r['peak_mb'] / full:.1f}",
-             f"{r['peak_mb'] / ref['peak_mb']:.2f}", f"{r['seconds']:.2f}", f"{r['loss']:.6f}"]
+             C.ratio(r["peak_mb"], ref["peak_mb"]), f"{r['seconds']:.2f}", f"{r['loss']:.6f}"]
             for m, r in res.items()]
     print(C.table(["path", "peak MB over inputs", "in (N, V) f32 tensors", "vs naive", "wall s", "loss"], rows))
     print(f"\ninputs (student hidden + LM head, teacher hidden + head; resident before the step, not in the "

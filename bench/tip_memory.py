@@ -176,6 +176,10 @@ def reference_lines(res: list, refs: dict, args) -> str:
            f"targets: peak <= {opd_memory.PEAK_VS_NAIVE}x naive, <= {opd_memory.PEAK_VS_PEER}x liger, "
            "time <= liger's (statistics pass and selection included)"]
     for r in res:
+        if naive["peak_mb"] <= 0 or (peer and (peer["peak_mb"] <= 0 or peer["seconds"] <= 0)):
+            out.append(f"  ratio {r['ratio']:.2f}: no ratio (a reference peak stays inside pages already touched "
+                       "at this shape)")
+            continue
         a = r["peak_mb"] / naive["peak_mb"]
         line = f"  ratio {r['ratio']:.2f}: {a:.2f}x naive ({'ok' if a <= opd_memory.PEAK_VS_NAIVE else 'MISSED'})"
         if peer:

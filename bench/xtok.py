@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     ref = res[0]
     rows = [[r["mode"] if r["mode"] == "same" else f"bpm, {r['share']:.0%} rows conditioned, {r['lookback']:.0%} lookback",
              f"{r['peak_mb']:,.0f}",
-             f"{r['peak_mb'] / ref['peak_mb']:.2f}", f"{r['seconds']:.2f}", f"{r['seconds'] / ref['seconds']:.2f}"]
+             C.ratio(r["peak_mb"], ref["peak_mb"]), f"{r['seconds']:.2f}", C.ratio(r["seconds"], ref["seconds"])]
             for r in res]
     print(C.table(["teacher source", "peak MB over inputs", "vs same", "wall s", "vs same"], rows))
     bpm = [r for r in res if r["mode"] == "bpm"]

@@ -74,5 +74,7 @@ def test_cross_tokenizer_benchmark_at_a_tiny_shape():
     rows = [r for r in _rows(out) if r[0] != "teacher source"]
     assert [r[0] for r in rows] == ["same", "bpm, 0% rows conditioned, 10% lookback",
                                     "bpm, 50% rows conditioned, 10% lookback"], out
-    assert rows[0][2] == "1.00" and all(float(r[3]) > 0 for r in rows)  # wall s (peak MB rounds to 0 here)
+    # the peak over the inputs can be exactly 0 at this shape (no new page touched): its ratio reads n/a
+    assert rows[0][2] in ("1.00", "n/a") and rows[0][4] == "1.00", out
+    assert all(float(r[3]) > 0 for r in rows)  # wall s
     assert "map build (once per pair)" in out
