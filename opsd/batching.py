@@ -306,7 +306,8 @@ class StepTotals:
     padding: float = 0.0  # token slots: padding, and all of them
     slots: float = 0.0
     empty_micro_batches: float = 0.0
-    fallback_rows: float = 0.0  # rows the closed-form loss redid by autograd (opsd.losses)
+    fallback_rows: float = 0.0  # rows the closed-form loss redid by autograd (opsd.losses), loss pass
+    stats_fallback_rows: float = 0.0  # ... and statistics pass (TIP's two-pass steps)
 
     def add(self, **parts: float) -> None:
         for k, v in parts.items():

@@ -374,7 +374,7 @@ def _extra_source(teacher: TeacherSource, rows, lt: torch.Tensor, device):
 # (:func:`_reference_chunk`). Expected only for logits of -inf (0 * -inf in a row dot); a closed form
 # that goes NaN for another reason would otherwise fall back without a word and cost that path's
 # memory and time. So every such row is counted, per (pass, dtype of the head), and warned about once
-# per (pass, dtype); the trainer logs the count per step as ``loss_fallback_rows``.
+# per (pass, dtype); the trainer logs the counts per step as ``loss_fallback_rows`` and ``stats_fallback_rows``.
 
 _fallback_rows: Counter = Counter()  # (loss type or "statistics", head dtype) -> rows redone
 _fallback_warned: set = set()
@@ -386,10 +386,13 @@ def fallback_rows() -> dict:
     return dict(_fallback_rows)
 
 
-def take_fallback_rows() -> int:
-    """The number of rows redone by the direct formulas since the last call (both passes; a row
-    of a two-pass step can count twice), and reset the count."""
-    n = sum(_fallback_rows.values())
+def take_fallback_rows() -> dict:
+    """Rows redone by the direct formulas since the last call, by pass — ``{"loss": n, "statistics": m}``
+    (the loss pass of any loss type; the statistics pass that TIP's two-pass steps run first, so one
+    row can appear in both) — and reset the count."""
+    n = dict(loss=0, statistics=0)
+    for (kind, _dtype), k in _fallback_rows.items():
+        n["statistics" if kind == "statistics" else "loss"] += k
     _fallback_rows.clear()
     return n
 
@@ -401,7 +404,7 @@ def _note_fallback(n: int, loss_type: str, want_grad: bool, dtype) -> None:
         _fallback_warned.add(key)
         log.warning("opsd.losses: %d row(s) of the %s closed form (%s head) were not finite and were redone by "
                     "the direct formulas with autograd (more memory and time than loss.impl=fused); expected "
-                    "only for logits of -inf. Counted per step as loss_fallback_rows; warned once per pass "
+                    "only for logits of -inf. Counted per step as loss_/stats_fallback_rows; warned once per pass "
                     "and dtype.", n, key[0], key[1])
 
 

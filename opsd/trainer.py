@@ -332,7 +332,8 @@ class Trainer:
             diag_parts.append((sel.diagnostics, step.share(i)))
             groups.add(stats)
         self.teacher.after_update()
-        totals.add(fallback_rows=take_fallback_rows())  # rows the closed-form loss redid by autograd (warned there)
+        redone = take_fallback_rows()  # rows the closed-form loss redid by autograd (warned there)
+        totals.add(fallback_rows=redone["loss"], stats_fallback_rows=redone["statistics"])
         totals = totals.all_reduced()
         self._on_every_rank(self._sync_weights)
         grad_norm = self.engine.get_global_grad_norm()
@@ -342,6 +343,7 @@ class Trainer:
                        micro_batches=len(step.batches), empty_micro_batches=int(totals.empty_micro_batches),
                        padding_frac=totals.padding / max(totals.slots, 1.0),  # of all ranks' token slots
                        loss_fallback_rows=int(totals.fallback_rows),
+                       stats_fallback_rows=int(totals.stats_fallback_rows),
                        grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
                        skipped=int(self.engine.skipped_steps > skipped_before),
                        **hooks.aggregate_diagnostics(diag_parts), **groups.all_reduced(),

@@ -189,7 +189,7 @@ def test_infinite_logits_fall_back_to_the_direct_formulas():
     st = stats_from_sources(DenseLogits(s, 3), DenseLogits(torch.tensor([[1.0, 2.0, -float("inf")]] * 2,
                                                                         dtype=torch.float64), 3))
     assert st.reverse_kl[0].item() == float("inf")  # the teacher rules out a token the student samples
-    assert take_fallback_rows() == 2
+    assert take_fallback_rows() == dict(loss=0, statistics=2)
 
 
 def _nan_closed_form(monkeypatch, loss_type):
@@ -222,7 +222,9 @@ def test_a_closed_form_gone_nan_is_counted_and_warned_once(monkeypatch, caplog, 
     assert len(warned) == 1 and f"{loss_type} closed form (float64 head)" in warned[0], warned
     with pytest.raises(AssertionError, match="fell back"):
         _assert_same(got, got2)  # an equality test now fails instead of comparing the reference with itself
-    assert take_fallback_rows() == 0  # taken by the failed check
+    assert take_fallback_rows() == dict(loss=0, statistics=0)  # taken by the failed check
+    _loss_and_grads("fused", h, w, teacher, idx, V, loss_type=loss_type, chunk_size=5)
+    assert take_fallback_rows() == dict(loss=12, statistics=0)  # the trainer's loss_fallback_rows, by pass
     _assert_same(got, _loss_and_grads("autograd", h, w, teacher, idx, V, loss_type=loss_type, chunk_size=5))
 
 

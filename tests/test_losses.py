@@ -62,7 +62,7 @@ def test_zero_probabilities_never_nan():
     # the teacher rules out a token the student samples: reverse KL is +inf, not NaN
     st = token_stats(s, torch.tensor([[1.0, 2.0, -float("inf")]]))
     assert st.reverse_kl.item() == float("inf")
-    assert take_fallback_rows() == 2  # both rows: -inf logits are what the fallback is for
+    assert take_fallback_rows() == dict(loss=0, statistics=2)  # both rows: -inf logits are what it is for
 
 
 def test_empty_batch_gives_empty_stats_and_zero_loss():

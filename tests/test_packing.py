@@ -289,6 +289,7 @@ def _one_update(world, out, extra, pad_to=None):
 def test_token_budget_and_packing_give_the_sequence_count_update(tiny_world, tmp_path):
     base_m, base_g = _one_update(tiny_world, tmp_path / "count", [])
     assert base_m["micro_batches"] == 3 and base_m["padding_frac"] > 0.05  # 8 sequences of 3, padded
+    assert base_m["loss_fallback_rows"] == 0 and base_m["stats_fallback_rows"] == 0  # closed forms finite
     runs = {"budget": ["engine.micro_batch_tokens=64"],
             "packed": ["engine.packing=true"],
             "budget+packed": ["engine.micro_batch_tokens=64", "engine.packing=true"],
