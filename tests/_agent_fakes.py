@@ -15,8 +15,9 @@ from typing import Callable, Dict, List, Sequence, Union
 from tokenizers import Tokenizer, decoders, models
 from transformers import PreTrainedTokenizerFast
 
-from opsd.environment import Environment, Episode, EpisodeScore, ToolError, function_schema
+from opsd.environment import Environment, Episode, EpisodeScore, ToolCall, ToolError, function_schema
 from opsd.rollout.base import Rollouts, RolloutBackend
+from opsd.rollout.tool_parsers import HermesToolParser
 
 SPECIAL = ["<pad>", "<unk>", "<|im_start|>", "<|im_end|>", "<think>", "</think>", "<tool_call>", "</tool_call>"]
 MERGES = [("o", "k"), ("a", "n"), ("e", "r"), ("t", "h"), ("th", "e")]
@@ -178,3 +179,27 @@ def write_rows(path, n: int) -> str:
 
 def rows_of(keys: str) -> List[Dict[str, str]]:
     return [{"key": k, "answer": KeyValueEnv.TABLE.get(k, "?")} for k in keys]
+
+
+class RankParser(HermesToolParser):
+    """Test parser for uneven ranks: on rank 1 every turn calls ``get(key=a)``, on rank 0 none does,
+    so rank 1's episodes run to rollout.max_turns while rank 0's end after one turn."""
+
+    def parse(self, text):
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        return [ToolCall("get", {"key": "a"}, text)] if rank == 1 else []
+
+
+def every_turn_finished(backend):
+    """Wrap ``backend.generate`` so every sampled turn counts as ended (a random tiny student rarely
+    samples its end-of-turn token); the generate calls themselves are the real ones."""
+    real = backend.generate
+
+    def generate(prompt_ids, sampling):
+        out = real(prompt_ids, sampling)
+        out.finished = [True] * len(out.finished)
+        return out
+
+    backend.generate = generate

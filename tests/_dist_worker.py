@@ -25,13 +25,30 @@ def main():
                              "train.export=false", "train.save_every=0", "data.shuffle=false",
                              "logging.progress=false"] + sys.argv[5:])
     cfg.train.max_steps = 3
+    uneven = cfg.rollout.environment and cfg.rollout.tool_parser.endswith("RankParser")
+    if uneven:  # partition every student parameter (DeepSpeed keeps small ones whole by default), so
+        import opsd.engine  # each generate forward gathers them: ranks must make the same calls
+
+        real = opsd.engine.deepspeed_config
+
+        def every_param_partitioned(c, grad_accum):
+            ds = real(c, grad_accum)
+            ds["zero_optimization"].update(stage3_param_persistence_threshold=0, stage3_model_persistence_threshold=0)
+            return ds
+
+        opsd.engine.deepspeed_config = every_param_partitioned
     tr = Trainer(cfg).setup()
     vocab = [i for i in range(10, 60)]
-    tr.backend = FixedRollouts(vocab, tr.tokenizer.eos_token_id)
-    if cfg.rollout.environment:  # agentic episodes: a scripted policy, identical on every rank
-        from _agent_fakes import ScriptedBackend, lookup_policy
+    if uneven:  # the real HF generate, ranks taking unequal turns
+        from _agent_fakes import every_turn_finished
 
-        tr.loop.backend = ScriptedBackend(tr.tokenizer, lookup_policy)
+        every_turn_finished(tr.loop.backend)
+    else:
+        tr.backend = FixedRollouts(vocab, tr.tokenizer.eos_token_id)
+        if cfg.rollout.environment:  # agentic episodes: a scripted policy, identical on every rank
+            from _agent_fakes import ScriptedBackend, lookup_policy
+
+            tr.loop.backend = ScriptedBackend(tr.tokenizer, lookup_policy)
     tr.save = lambda: None  # this test compares the updates, not checkpoints
     losses, metrics = [], []
     while tr.step < cfg.train.max_steps:

@@ -74,6 +74,32 @@ def test_zero3_agentic_world_size_2_matches_world_size_1(agent_world, tmp_path):
 
 
 @pytest.mark.slow
+def test_zero3_agentic_ranks_taking_unequal_turns_finish(agent_world, tmp_path):
+    """ZeRO-3 with the real HF generate: every forward gathers the partitioned student, so the ranks
+    must make the same generate calls. Rank 1's episodes call a tool every turn (3 turns), rank 0's
+    end after one; rank 0 keeps joining rank 1's turns with empty ones instead of waiting forever
+    in its next collective (the bounded wait below fails the test)."""
+    import socket
+
+    from _procs import run_bounded
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+           str(HERE / "_dist_worker.py"), agent_world["student"], agent_world["teacher"], agent_world["train"],
+           str(tmp_path), "rollout.environment=_agent_fakes:KeyValueEnv", "rollout.tool_parser=_agent_fakes:RankParser",
+           "rollout.max_turns=3", "rollout.max_new_tokens=6", "rollout.max_episode_tokens=300",
+           "rollout.batch_size=3"]
+    rc, out, _ = run_bounded(cmd, 240, "2 ranks taking unequal turns", env=_env(), stderr=subprocess.STDOUT)
+    assert rc == 0, out[-4000:]
+    assert_clean_teardown(tmp_path, 2)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    print({k: v for k, v in m[0].items() if k.startswith("agent/")})
+    assert m[0]["agent/turns"] == pytest.approx(2.0)  # mean over both ranks' episodes: (1 + 3) / 2
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("fail_rank,where", [(1, "generate"), (0, "sync")])
 def test_a_failure_on_one_rank_stops_every_rank(tiny_world, tmp_path, fail_rank, where):
     """Without agreement the healthy rank would wait in the next collective until the launcher's

@@ -167,7 +167,7 @@ class AgentLoop(RolloutLoop):
                 live.append(_Live(ep, self.prompt_ids(ep), i))
         for t in range(self.cfg.max_turns):
             active = [e for e in live if not e.done]
-            if not active:
+            if not self._any_rank_live(len(active)):
                 break
             self._turn(active, sampling, last=t == self.cfg.max_turns - 1)
         out = self._collect(live)
@@ -183,10 +183,21 @@ class AgentLoop(RolloutLoop):
 
     # ------------------------------------------------------------------ one turn of every live episode
 
+    def _any_rank_live(self, n: int) -> bool:
+        """Whether a turn runs: live episodes here, or (a lockstep backend) on any rank."""
+        if not self.backend.lockstep:
+            return n > 0
+        import torch
+        import torch.distributed as dist
+
+        from opsd.engine import all_reduce_host
+
+        return bool(all_reduce_host(torch.tensor([n], dtype=torch.long), dist.ReduceOp.MAX).item() > 0)
+
     def _turn(self, active: List[_Live], sampling: SamplingConfig, last: bool) -> None:
         limits = [min(self.cfg.max_new_tokens, self.cfg.max_episode_tokens - len(e.ids)) for e in active]
-        turn_sampling = SamplingConfig(sampling.temperature, sampling.top_p, sampling.top_k, max(limits), 1,
-                                       sampling.seed)
+        turn_sampling = SamplingConfig(sampling.temperature, sampling.top_p, sampling.top_k,
+                                       max(limits, default=self.cfg.max_new_tokens), 1, sampling.seed)
         out = self.backend.generate([e.prompt + e.ids for e in active], turn_sampling)
         by_prompt = {}
         for k, j in enumerate(out.prompt_index):

@@ -75,6 +75,11 @@ class RolloutBackend(ABC):
     """
 
     name: str = "base"
+    # True where every rank must make the same generate calls, each with the same number of batches
+    # (a ZeRO-3-partitioned student gathers its parameters in every forward). The agent loop then runs
+    # a turn on every rank while any rank has a live episode, with an empty prompt list where none is
+    # left; such a backend accepts an empty list and still joins the other ranks' forwards.
+    lockstep: bool = False
 
     @abstractmethod
     def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: SamplingConfig) -> Rollouts:

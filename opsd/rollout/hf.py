@@ -34,9 +34,12 @@ class HFGenerateBackend(RolloutBackend):
         # the others then wait forever; synced_gpus keeps each rank stepping until all are done.
         # (transformers turns it on by itself only while its own DeepSpeed config is registered,
         # which opsd's engine never is.)
+        # The number of generate calls must agree too (ranks with fewer prompts, an agent turn with
+        # no live episode here): see generate.
         self.synced = (torch.distributed.is_available() and torch.distributed.is_initialized()
                        and torch.distributed.get_world_size() > 1
                        and any(hasattr(p, "ds_id") for p in self.model.parameters()))
+        self.lockstep = self.synced
 
     @torch.no_grad()
     def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: SamplingConfig) -> Rollouts:
@@ -44,11 +47,23 @@ class HFGenerateBackend(RolloutBackend):
         was_training = self.model.training
         self.model.eval()
         try:
-            for start in range(0, len(prompt_ids), self.batch_size):
+            starts = list(range(0, len(prompt_ids), self.batch_size))
+            # lockstep: as many batches as the rank with the most (agreed on before any forward);
+            # an extra one here joins the others' forwards and what it samples is dropped
+            extra = self._most_batches(len(starts)) - len(starts) if self.lockstep else 0
+            for start in starts:
                 self._generate_batch(prompt_ids[start:start + self.batch_size], start, sampling, out)
+            for _ in range(extra):
+                self._generate_batch([[self.pad_id]], 0, sampling, Rollouts([], [], [], []))
         finally:
             self.model.train(was_training)
         return out
+
+    @staticmethod
+    def _most_batches(mine: int) -> int:
+        from opsd.engine import all_reduce_host
+
+        return int(all_reduce_host(torch.tensor([mine], dtype=torch.long), torch.distributed.ReduceOp.MAX).item())
 
     def _generate_batch(self, prompts, offset: int, sampling: SamplingConfig, out: Rollouts) -> None:
         device = next(self.model.parameters()).device
