@@ -86,6 +86,35 @@ class MetricsLogger:
             self.wandb.finish()
 
 
+def combine_ranks(per_rank: list) -> dict:
+    """One step's figures of every rank -> the run's: counts (keys ending in ``bytes``, ``tokens``,
+    ``sequences``) add up; seconds (``_s``) take the slowest rank; anything else (shares, means)
+    is the mean over the ranks that report it. For the components' own metrics (a served teacher's,
+    a teacher pool's, a cross-tokenizer teacher's row shares), which each rank computes alone."""
+    out = {}
+    for k in sorted({k for m in per_rank for k in m}):
+        vals = [float(m[k]) for m in per_rank if k in m]
+        if k.endswith(("bytes", "tokens", "sequences")):
+            out[k] = sum(vals)
+        elif k.endswith("_s"):
+            out[k] = max(vals)
+        else:
+            out[k] = sum(vals) / len(vals)
+    return out
+
+
+def gather_metrics(local: dict) -> dict:
+    """:func:`combine_ranks` over all ranks (a collective: every rank calls it); a world of one
+    returns ``local``."""
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return local
+    per_rank = [None] * dist.get_world_size()
+    dist.all_gather_object(per_rank, local)
+    return combine_ranks(per_rank)
+
+
 def _plain(v):
     if isinstance(v, torch.Tensor):
         return v.item() if v.numel() == 1 else v.tolist()

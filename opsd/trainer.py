@@ -40,7 +40,7 @@ from opsd import checkpoint, hooks
 from opsd.config import Config, ConfigError
 from opsd.engine import all_gather_host, all_reduce_host, build_engine, init_distributed, pick_device, rank, world_size
 from opsd.losses import take_fallback_rows
-from opsd.metrics import MetricsLogger, format_line, peak_memory_gb, reset_peak_memory
+from opsd.metrics import MetricsLogger, format_line, gather_metrics, peak_memory_gb, reset_peak_memory
 from opsd.rollout import RolloutEngineError, SamplingConfig, WeightSyncError, make_backend, make_loop
 
 log = logging.getLogger("opsd")
@@ -347,7 +347,7 @@ class Trainer:
                        grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
                        skipped=int(self.engine.skipped_steps > skipped_before),
                        **hooks.aggregate_diagnostics(diag_parts), **groups.all_reduced(),
-                       **self.teacher.metrics())
+                       **gather_metrics(self.teacher.metrics()))
         if metrics["skipped"]:
             log.warning("step %d: non-finite gradient norm; optimizer step skipped", self.step + 1)
         return metrics

@@ -208,12 +208,10 @@ def test_two_ranks_with_a_sharded_teacher_in_the_pool(two_teachers, tmp_path):
     """2 gloo ranks, ZeRO-3, both teachers ZeRO-3-sharded: a rank whose micro-batch has no row of a
     teacher still calls it (its gathers are collectives), so nothing hangs (bounded wait), and the
     losses equal the same pool unsharded on 2 ranks."""
-    import os
-    import signal
     import socket
-    import subprocess
     import sys
 
+    from _procs import run_bounded
     from test_distributed import ROOT, _env
 
     w = two_teachers
@@ -226,15 +224,8 @@ def test_two_ranks_with_a_sharded_teacher_in_the_pool(two_teachers, tmp_path):
             port = sock.getsockname()[1]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
                "-m", "opsd.train", "--config", str(path), *overrides]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)  # its own group: a hang is ended with its workers
-        try:
-            _, err = proc.communicate(timeout=420)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            pytest.fail(f"{out}: the 2-rank run did not finish in 420 s (a collective out of step?)")
-        assert proc.returncode == 0, err[-4000:]
+        rc, _, err = run_bounded(cmd, 420, f"{out}: the 2-rank run", cwd=ROOT, env=_env())
+        assert rc == 0, err[-4000:]
         return read_metrics(tmp_path / out)
 
     sharded = torchrun("sharded", ["engine.teacher_sharding=zero3"])
@@ -244,6 +235,8 @@ def test_two_ranks_with_a_sharded_teacher_in_the_pool(two_teachers, tmp_path):
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), (k, a[k], b[k])
     # micro-batches of 3 sequences, rows a/b/a...: some micro-batch on some rank lacked a teacher
     assert any(m["teachers/a/sequences"] != m["teachers/b/sequences"] for m in sharded)
+    # the pool's counts are both ranks' (4 prompts x 2 samples per step; one rank alone holds 4)
+    assert all(m["teachers/a/sequences"] + m["teachers/b/sequences"] == 8 for m in sharded + full)
 
 
 def test_an_empty_micro_batch_gives_an_empty_source(two_teachers, tmp_path):
