@@ -461,16 +461,23 @@ def _build_section(sec_name: str, cls: type, values: dict):
 
 
 def parse_overrides(overrides: List[str]) -> dict:
-    """``["loss.type=jsd", "tip.ratio=0.2"]`` -> nested dict; values parsed as YAML scalars."""
+    """``["loss.type=jsd", "tip.ratio=0.2"]`` -> nested dict; values parsed as YAML scalars.
+    Teachers by name: ``teachers.NAME.FIELD=value`` (``{"teachers": {NAME: {FIELD: value}}}``)."""
     out: dict = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        if parts[0] == "teachers":
+            if len(parts) != 3 or not all(parts):
+                raise ConfigError(f"override {item!r}: a teacher is set by name, teachers.NAME.FIELD=value "
+                                  "(e.g. teachers.math.url=http://127.0.0.1:8000)")
+            out.setdefault("teachers", {}).setdefault(parts[1], {})[parts[2]] = value
+            continue
         if len(parts) != 2 or not all(parts):
             raise ConfigError(f"override {item!r}: the key must be section.option, e.g. loss.type")
-        value = yaml.safe_load(raw) if raw.strip() else ""
         out.setdefault(parts[0], {})[parts[1]] = value
     return out
 
@@ -478,10 +485,29 @@ def parse_overrides(overrides: List[str]) -> dict:
 def _merge(base: dict, extra: dict) -> dict:
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in base.items()}
     for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
+        if k == "teachers":
+            out[k] = _merge_teachers(out.get(k), v)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = {**out[k], **v}
         else:
             out[k] = v
+    return out
+
+
+def _merge_teachers(listed, by_name: dict) -> list:
+    """The file's ``teachers:`` list with the overrides ``{NAME: {FIELD: value}}`` applied to the entry of
+    that name; a name not listed adds a teacher (in the order given)."""
+    if listed is None:
+        listed = []
+    if not isinstance(listed, (list, tuple)) or not all(isinstance(t, dict) for t in listed):
+        raise ConfigError(f"`teachers:` must be a list of mappings (name, model, placement, url), got {listed!r}")
+    out = [dict(t) for t in listed]
+    for name, values in by_name.items():
+        entry = next((t for t in out if t.get("name") == name), None)
+        if entry is None:
+            out.append({"name": name, **values})
+        else:
+            entry.update(values)
     return out
 
 

@@ -203,6 +203,22 @@ def test_teachers_config_errors(two_teachers, tmp_path):
     assert load_config(again).teachers == cfg.teachers
 
 
+def test_teachers_set_by_name_on_the_command_line(two_teachers, tmp_path):
+    """teachers.NAME.FIELD=value changes the listed teacher of that name or adds one."""
+    w = two_teachers
+    path, overrides = _cfg(w, tmp_path, [("a", w["a"]), ("b", w["b"])])
+    cfg = load_config(path, [*overrides, "teachers.b.placement=server", "teachers.b.url=http://127.0.0.1:9",
+                             f"teachers.c.model={w['b']}"])
+    assert [(t.name, t.model, t.placement, t.url) for t in cfg.teachers] == [
+        ("a", w["a"], None, ""), ("b", w["b"], "server", "http://127.0.0.1:9"), ("c", w["b"], None, "")]
+    cfg = load_config(None, [*overrides, f"teachers.only.model={w['a']}"])  # no file: a list from the CLI
+    assert [(t.name, t.model) for t in cfg.teachers] == [("only", w["a"])]
+    for bad, match in [("teachers.b=x", "teachers.NAME.FIELD=value"), ("teachers.b.port=1", r"unknown option teachers\[1\]\.port"),
+                       ("teachers.b.placement=server", r"teachers\[1\].*url")]:
+        with pytest.raises(ConfigError, match=match):
+            load_config(path, [*overrides, bad])
+
+
 @pytest.mark.slow
 def test_two_ranks_with_a_sharded_teacher_in_the_pool(two_teachers, tmp_path):
     """2 gloo ranks, ZeRO-3, both teachers ZeRO-3-sharded: a rank whose micro-batch has no row of a
