@@ -44,7 +44,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from opsd.engine import all_reduce_host
+from opsd.engine import all_reduce_host, max_over_ranks
 
 
 # --------------------------------------------------------------------------------------------
@@ -280,10 +280,7 @@ def step_batches(rollouts, pad_id: int, eos_id: Optional[int], engine,
         plan, oversize = plan_by_tokens(lengths, engine.micro_batch_tokens, engine.packing)
     else:
         plan = plan_by_count(len(lengths), engine.micro_batch_size)
-    import torch.distributed as dist
-
-    n = int(all_reduce_host(torch.tensor([len(plan)]), op=dist.ReduceOp.MAX).item())
-    plan += [[] for _ in range(n - len(plan))]
+    plan += [[] for _ in range(max_over_ranks(len(plan)) - len(plan))]
     out = StepBatches([collate(seq, rows, pad_id, engine.packing) for rows in plan], seq["loss_mask"],
                       seq["num_empty_responses"], oversize)
     out.count()
@@ -306,7 +303,7 @@ class StepTotals:
     padding: float = 0.0  # token slots: padding, and all of them
     slots: float = 0.0
     empty_micro_batches: float = 0.0
-    fallback_rows: float = 0.0  # rows the closed-form loss redid by autograd (opsd.losses), loss pass
+    loss_fallback_rows: float = 0.0  # rows the closed-form loss redid by autograd (opsd.losses), loss pass
     stats_fallback_rows: float = 0.0  # ... and statistics pass (TIP's two-pass steps)
 
     def add(self, **parts: float) -> None:

@@ -180,6 +180,12 @@ def all_reduce_host(t: torch.Tensor, op=None) -> torch.Tensor:
     return t
 
 
+def max_over_ranks(n: int) -> int:
+    """The largest ``n`` of all ranks (a collective; ``n`` itself for a world of one): how many
+    micro-batches, generate batches or agent turns every rank runs so that their collectives pair up."""
+    return int(all_reduce_host(torch.tensor([n], dtype=torch.long), dist.ReduceOp.MAX).item())
+
+
 def all_gather_host(t: torch.Tensor) -> list:
     """All-gather equally shaped small tensors from every rank, in rank order, on ``t``'s device."""
     if not (dist.is_initialized() and dist.get_world_size() > 1):

@@ -333,7 +333,7 @@ class Trainer:
             groups.add(stats)
         self.teacher.after_update()
         redone = take_fallback_rows()  # rows the closed-form loss redid by autograd (warned there)
-        totals.add(fallback_rows=redone["loss"], stats_fallback_rows=redone["statistics"])
+        totals.add(loss_fallback_rows=redone["loss"], stats_fallback_rows=redone["statistics"])
         totals = totals.all_reduced()
         self._on_every_rank(self._sync_weights)
         grad_norm = self.engine.get_global_grad_norm()
@@ -342,7 +342,7 @@ class Trainer:
                        teacher_entropy=totals.teacher_entropy / n, kept_frac=totals.kept / n, tokens=n,
                        micro_batches=len(step.batches), empty_micro_batches=int(totals.empty_micro_batches),
                        padding_frac=totals.padding / max(totals.slots, 1.0),  # of all ranks' token slots
-                       loss_fallback_rows=int(totals.fallback_rows),
+                       loss_fallback_rows=int(totals.loss_fallback_rows),
                        stats_fallback_rows=int(totals.stats_fallback_rows),
                        grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
                        skipped=int(self.engine.skipped_steps > skipped_before),

@@ -272,13 +272,13 @@ def _one_update(world, out, extra, pad_to=None):
         opt.step = recording_step
         rollouts, _ = tr.rollout(tr.train_data.batch(tr.sampler.next_batch()))
         if pad_to is not None:  # another rank has more micro-batches: this one runs empty ones
-            real = batching_mod.all_reduce_host
-            batching_mod.all_reduce_host = lambda t, op=None: t.fill_(pad_to) if t.numel() == 1 else real(t, op)
+            real = batching_mod.max_over_ranks
+            batching_mod.max_over_ranks = lambda n: pad_to
         try:
             metrics = tr.update(rollouts)
         finally:
             if pad_to is not None:
-                batching_mod.all_reduce_host = real
+                batching_mod.max_over_ranks = real
         metrics["attn"] = (tr.student.config._attn_implementation, tr.teacher.model.config._attn_implementation)
     finally:
         tr.cleanup()

@@ -187,12 +187,9 @@ class AgentLoop(RolloutLoop):
         """Whether a turn runs: live episodes here, or (a lockstep backend) on any rank."""
         if not self.backend.lockstep:
             return n > 0
-        import torch
-        import torch.distributed as dist
+        from opsd.engine import max_over_ranks
 
-        from opsd.engine import all_reduce_host
-
-        return bool(all_reduce_host(torch.tensor([n], dtype=torch.long), dist.ReduceOp.MAX).item() > 0)
+        return max_over_ranks(n) > 0
 
     def _turn(self, active: List[_Live], sampling: SamplingConfig, last: bool) -> None:
         limits = [min(self.cfg.max_new_tokens, self.cfg.max_episode_tokens - len(e.ids)) for e in active]

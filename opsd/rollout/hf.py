@@ -8,6 +8,7 @@ from typing import List, Sequence
 
 import torch
 
+from opsd.engine import max_over_ranks
 from opsd.rollout.base import Rollouts, RolloutBackend, SamplingConfig
 
 
@@ -36,10 +37,9 @@ class HFGenerateBackend(RolloutBackend):
         # which opsd's engine never is.)
         # The number of generate calls must agree too (ranks with fewer prompts, an agent turn with
         # no live episode here): see generate.
-        self.synced = (torch.distributed.is_available() and torch.distributed.is_initialized()
-                       and torch.distributed.get_world_size() > 1
-                       and any(hasattr(p, "ds_id") for p in self.model.parameters()))
-        self.lockstep = self.synced
+        self.lockstep = (torch.distributed.is_available() and torch.distributed.is_initialized()
+                         and torch.distributed.get_world_size() > 1
+                         and any(hasattr(p, "ds_id") for p in self.model.parameters()))
 
     @torch.no_grad()
     def generate(self, prompt_ids: Sequence[Sequence[int]], sampling: SamplingConfig) -> Rollouts:
@@ -50,7 +50,7 @@ class HFGenerateBackend(RolloutBackend):
             starts = list(range(0, len(prompt_ids), self.batch_size))
             # lockstep: as many batches as the rank with the most (agreed on before any forward);
             # an extra one here joins the others' forwards and what it samples is dropped
-            extra = self._most_batches(len(starts)) - len(starts) if self.lockstep else 0
+            extra = max_over_ranks(len(starts)) - len(starts) if self.lockstep else 0
             for start in starts:
                 self._generate_batch(prompt_ids[start:start + self.batch_size], start, sampling, out)
             for _ in range(extra):
@@ -58,12 +58,6 @@ class HFGenerateBackend(RolloutBackend):
         finally:
             self.model.train(was_training)
         return out
-
-    @staticmethod
-    def _most_batches(mine: int) -> int:
-        from opsd.engine import all_reduce_host
-
-        return int(all_reduce_host(torch.tensor([mine], dtype=torch.long), torch.distributed.ReduceOp.MAX).item())
 
     def _generate_batch(self, prompts, offset: int, sampling: SamplingConfig, out: Rollouts) -> None:
         device = next(self.model.parameters()).device
@@ -76,7 +70,7 @@ class HFGenerateBackend(RolloutBackend):
         greedy = sampling.temperature == 0
         kwargs = dict(do_sample=not greedy, max_new_tokens=sampling.max_new_tokens,
                       num_return_sequences=sampling.n, pad_token_id=self.pad_id,
-                      eos_token_id=sorted(self.eos_ids), synced_gpus=self.synced)
+                      eos_token_id=sorted(self.eos_ids), synced_gpus=self.lockstep)
         if not greedy:  # explicit values so a model's generation_config defaults never leak in
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
         else:
