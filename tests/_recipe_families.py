@@ -260,7 +260,7 @@ def run_recipe(recipe: str, world: dict, out: str) -> None:
     try:
         facts = _engine_facts(tr)
         # ZeRO-3 at 2 ranks: HF generate must keep the ranks stepping together (opsd.rollout.hf)
-        facts["hf_synced_gpus"] = bool(getattr(tr.backend, "synced", False))
+        facts["hf_synced_gpus"] = bool(tr.backend.lockstep)  # what it passes as synced_gpus
         tr.train()
         facts["steps"] = tr.step
     finally:
